@@ -1,0 +1,26 @@
+"""Shared test fixtures: paths to the read-only data in ../shared/ and the repo's demo data."""
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_BERT_TF = SHARED / "bert" / "minilm-l6-h384-uncased-tf"
+SHARED_IWSLT = SHARED / "iwslt15-en-vi"
+
+
+def require_path(path: Path) -> Path:
+    """Skip the calling test, with the reason, when read-only shared data is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (shared data is only on developer and CI machines)")
+    return path
+
+
+@pytest.fixture
+def bert_vocab_path() -> Path:
+    return require_path(SHARED_BERT_TF / "vocab.txt")
+
+
+@pytest.fixture
+def iwslt_dir() -> Path:
+    return require_path(SHARED_IWSLT)
