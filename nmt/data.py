@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from array import array
 from dataclasses import dataclass, replace
 from pathlib import Path
