@@ -1,0 +1,87 @@
+"""Score a translation: sacrebleu BLEU (with signature), optional chrF, and, given a baseline's
+output, paired bootstrap significance of the difference (the paper's (+)/(−) marks).
+
+    python tools/evaluate.py --hyp out.vi --ref tst2013.vi
+    python tools/evaluate.py --hyp out.vi --ref tst2013.vi --baseline baseline.vi --chrf
+    python tools/evaluate.py --hyp out.tok.vi --ref tst2013.vi --tokenized   # paper-era tokenized BLEU
+
+Default BLEU is detokenized, sacrebleu's 13a tokenizer. ``--tokenized`` scores already tokenized
+text as it is (``tokenize="none"``, like multi-bleu.perl): the number the paper's era reported on
+the Stanford pre-tokenized IWSLT references. The p-value definition is in ``nmt/evaluate.py``.
+Files are UTF-8, one segment per line; a leading BOM is dropped. Bad input: ``error: ...`` on
+stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nmt.evaluate import (  # noqa: E402
+    EvaluationError, check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap, read_lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hyp", required=True, type=Path, help="system output, one line per segment")
+    parser.add_argument("--ref", required=True, type=Path, help="reference translations")
+    parser.add_argument("--baseline", type=Path,
+                        help="baseline system output: adds a paired bootstrap test against it")
+    parser.add_argument("--tokenized", action="store_true",
+                        help="inputs are tokenized; score them as they are (sacrebleu tokenize='none')")
+    parser.add_argument("--chrf", action="store_true", help="also print chrF")
+    parser.add_argument("--bootstrap-samples", type=int, default=1000,
+                        help="bootstrap resamples (default: 1000)")
+    parser.add_argument("--seed", type=int, default=12345,
+                        help="seed of the resampling RNG (default: 12345, as sacrebleu)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="significance level (default: 0.05)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, print_fn=print) -> None:
+    if args.bootstrap_samples < 1:
+        raise EvaluationError(f"--bootstrap-samples must be at least 1, got {args.bootstrap_samples}")
+    if not 0 < args.alpha < 1:
+        raise EvaluationError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    tokenize = "none" if args.tokenized else "13a"
+    hyps, refs = read_lines(args.hyp), read_lines(args.ref)
+    files = [(args.hyp, hyps), (args.ref, refs)]
+    baseline = None
+    if args.baseline is not None:
+        baseline = read_lines(args.baseline)
+        files.append((args.baseline, baseline))
+    check_parallel(files)
+
+    bleu, signature = corpus_bleu(hyps, refs, tokenize)
+    print_fn(f"{bleu}")
+    print_fn(f"  signature: {signature}")
+    if args.chrf:
+        chrf, chrf_signature = corpus_chrf(hyps, refs)
+        print_fn(f"{chrf}")
+        print_fn(f"  signature: {chrf_signature}")
+    if baseline is not None:
+        baseline_bleu, _ = corpus_bleu(baseline, refs, tokenize)
+        print_fn(f"baseline {baseline_bleu}")
+        result = paired_bootstrap(hyps, baseline, refs, tokenize=tokenize,
+                                  num_samples=args.bootstrap_samples, seed=args.seed,
+                                  alpha=args.alpha)
+        print_fn(result.describe())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
