@@ -229,7 +229,7 @@ class ParallelData:
         info = splits[split]
         self.num_pairs = int(info["pairs"])
         files = {name: _check_file(self.directory, name, entry, verify) for name, entry in info["files"].items()}
-        self._bin, self._idx = {}, {}
+        self._bin, self._idx, self._ids, self._offsets = {}, {}, {}, {}
         for side in SIDES:
             bin_path, idx_path = files[f"{split}.{side}.bin"], files[f"{split}.{side}.idx"]
             ids, idx = _map(bin_path, ID_DTYPE), _map(idx_path, OFFSET_DTYPE)
@@ -241,6 +241,9 @@ class ParallelData:
             if len(lengths) and lengths.min() < 0:
                 raise DataError(f"{idx_path}: offsets are not increasing (corrupt); {_rerun_hint()}")
             self._bin[side], self._idx[side] = ids, idx
+            # plain-ndarray views of the same mapping: slicing a np.memmap builds a memmap object
+            # per slice (~10x slower), which dominated collate()
+            self._ids[side], self._offsets[side] = ids.view(np.ndarray), idx.view(np.ndarray)
             setattr(self, f"{side}_lengths", lengths.astype(np.int64))
         self.line_numbers = _map(files[f"{split}.lines.bin"], OFFSET_DTYPE)
         if len(self.line_numbers) != self.num_pairs:
@@ -264,13 +267,13 @@ class ParallelData:
         if not -self.num_pairs <= i < self.num_pairs:
             raise IndexError(f"pair {i} out of range for {self.num_pairs} pairs in split {self.split!r}")
         i %= self.num_pairs
-        return tuple(self._bin[s][self._idx[s][i]:self._idx[s][i + 1]] for s in SIDES)
+        return tuple(self._ids[s][self._offsets[s][i]:self._offsets[s][i + 1]] for s in SIDES)
 
     def _gather(self, side: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated ids of the given pairs and their lengths (one numpy copy, no Python lists)."""
-        idx = self._idx[side]
+        idx = self._offsets[side]
         starts, ends = idx[indices], idx[indices + 1]
-        ids = self._bin[side]
+        ids = self._ids[side]
         return np.concatenate([ids[a:b] for a, b in zip(starts.tolist(), ends.tolist())]), ends - starts
 
     @property
@@ -290,10 +293,11 @@ def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[
                  num_shards: int = 1, shard: int = 0) -> list[np.ndarray]:
     """Length-bucketed batches of pair indices for one epoch (and one shard).
 
-    Pairs are sorted by (source length, target length, random key), so equal lengths are mixed
-    differently every (seed, epoch). The sorted order is cut greedily: a batch ends before it would
-    exceed ``max_sentences`` pairs or, when given, ``max_tokens`` padded tokens, measured on the
-    collated tensors: ``B * max(max source length, max target length + 1)`` (+1 for BOS/EOS).
+    Pairs are sorted by (padded width, source length, target length, random key), so equal lengths
+    are mixed differently every (seed, epoch). The padded width of a pair is max(S, T) on the
+    collated tensors: S = source length (with its special tokens), T = target length + 1 (BOS/EOS).
+    The sorted order is cut greedily: a batch ends before it would exceed ``max_sentences`` pairs
+    or, when given, ``max_tokens`` padded tokens, ``B * max width in the batch``.
     A single pair longer than ``max_tokens`` is an error (raise max_tokens or filter with --max-len).
     The batch order is then shuffled with the same (seed, epoch) generator.
 
@@ -311,23 +315,30 @@ def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[
     if not 0 <= shard < num_shards:
         raise DataError(f"shard {shard} is not in [0, {num_shards})")
     rng = np.random.default_rng([seed, epoch])
-    order = np.lexsort((rng.random(len(src)), tgt, src))
-    width = np.maximum(src, tgt + 1)[order]       # padded width each pair needs on its own
-    if max_tokens is None:
-        cuts = list(range(max_sentences, len(order), max_sentences))
+    width = np.maximum(src, tgt + 1)              # padded width each pair needs: max(S, T)
+    if len(src) and (width.max() + 1) * (src.max() + 1) * (tgt.max() + 1) < 2 ** 40:
+        # one float key: the integer part orders (width, src, tgt), the fraction is the random
+        # tie-break (2^-12 resolution at worst); 4x faster than lexsort on millions of pairs
+        key = ((width * (src.max() + 1) + src) * (tgt.max() + 1) + tgt).astype(np.float64)
+        order = np.argsort(key + rng.random(len(src)), kind="stable")
     else:
-        too_long = np.flatnonzero(width > max_tokens)
-        if len(too_long):
-            i = int(order[too_long[0]])
-            raise DataError(f"pair {i} (source {src[i]}, target {tgt[i]} tokens) alone exceeds max_tokens="
-                            f"{max_tokens}; raise max_tokens or drop long pairs (prepare_data.py --max-len)")
-        cuts, start, widest = [], 0, 0
-        for pos, w in enumerate(width.tolist()):
-            widest_with = max(widest, w)
-            if pos - start + 1 > max_sentences or (pos - start + 1) * widest_with > max_tokens:
-                cuts.append(pos)
-                start, widest_with = pos, w
-            widest = widest_with
+        order = np.lexsort((rng.random(len(src)), tgt, src, width))
+    width = width[order]                          # non-decreasing along the sorted order
+    if max_tokens is not None and len(order) and width[-1] > max_tokens:
+        i = int(order[np.argmax(width > max_tokens)])
+        raise DataError(f"pair {i} (source {src[i]}, target {tgt[i]} tokens) alone exceeds max_tokens="
+                        f"{max_tokens}; raise max_tokens or drop long pairs (prepare_data.py --max-len)")
+    limit = np.iinfo(np.int64).max if max_tokens is None else max_tokens
+    cuts, start, n = [], 0, len(order)
+    steps = np.arange(1, min(max_sentences, n) + 1)
+    while start < n:
+        # widths are sorted, so a batch's padded size is (size) * (width of its last pair), which
+        # grows with the size: take the largest size that fits.
+        k = min(max_sentences, n - start)
+        fits = steps[:k] * width[start:start + k] <= limit
+        start += int(k if fits[-1] else np.argmin(fits))
+        cuts.append(start)
+    cuts = cuts[:-1]
     batches = np.split(order, cuts) if len(order) else []
     perm = rng.permutation(len(batches))
     batches = [batches[i] for i in perm]
