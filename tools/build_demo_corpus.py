@@ -331,15 +331,20 @@ def gzip_bytes(lines: list[str]) -> bytes:
 
 
 def histogram(texts) -> dict[str, int]:
-    counts = Counter()
+    """Count segments per word-count bin.
+
+    >>> histogram(["a", "a b c", "a b c d e"])["3-4"]
+    1
+    """
+    names = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in HISTOGRAM_BINS]
+    counts = dict.fromkeys(names, 0)
     for text in texts:
         n = len(text.split())
-        for lo, hi in HISTOGRAM_BINS:
+        for name, (lo, hi) in zip(names, HISTOGRAM_BINS):
             if lo <= n <= hi:
-                counts[f"{lo}" if lo == hi else f"{lo}-{hi}"] += 1
+                counts[name] += 1
                 break
-    return {(f"{lo}" if lo == hi else f"{lo}-{hi}"): counts[f"{lo}" if lo == hi else f"{lo}-{hi}"]
-            for lo, hi in HISTOGRAM_BINS}
+    return counts
 
 
 def check_segment(text: str, where: str):
