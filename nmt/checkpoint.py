@@ -1,0 +1,122 @@
+"""Training checkpoints: one self-contained file per snapshot, written atomically.
+
+A checkpoint holds everything needed to continue training exactly (``--resume``) and to translate
+without any other file. It contains only tensors, dicts, lists, str, int, float, bool and None, so
+it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
+
+    format          "nmt-checkpoint/1"
+    stage           "decoder" | "finetune" | "direct" | "scratch"
+    model_spec      ModelSpec.to_dict()           (nmt/model.py: rebuilds the network)
+    model           the model's state dict
+    source, target  SourcePipeline / TargetPipeline .to_dict() (the vocabularies, BPE codes)
+    config          TrainConfig.to_dict()
+    optimizer       the optimizer's state dict
+    schedule        {"peak_lr", "warmup_steps"}   (nmt/schedule.py: the LR is a function of "step")
+    step            updates done; "epoch" (0-based, the epoch in progress) and "batch_in_epoch"
+                    (batches of that epoch already done) locate the data position
+    best_dev_loss, bad_epochs   early-stopping state
+    rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+
+A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, ``direct/``,
+``scratch/``), each with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
+
+>>> import tempfile
+>>> path = Path(tempfile.mkdtemp()) / "checkpoint_last.pt"
+>>> save_checkpoint(path, {"format": FORMAT, "step": 3, "w": torch.ones(2)})
+>>> load_checkpoint(path, required=("step",))["step"]
+3
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT = "nmt-checkpoint/1"
+STAGE_DIRS = ("finetune", "decoder", "direct", "scratch")     # preference order for translation
+REQUIRED_FOR_TRANSLATION = ("model_spec", "model", "source", "target")
+REQUIRED_FOR_RESUME = REQUIRED_FOR_TRANSLATION + ("stage", "config", "optimizer", "schedule", "step", "epoch",
+                                                  "batch_in_epoch", "best_dev_loss", "bad_epochs", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or not one of ours; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, fsync, rename.
+
+    A crash (or Ctrl-C) while writing leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_TRANSLATION,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a checkpoint (weights_only: no code is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:     # noqa: BLE001 -- a damaged file makes torch.load raise almost anything
+        msg = str(e).split("\n")[0][:200]
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint, cannot be read ({type(e).__name__}: "
+                              f"{msg}); use another checkpoint (checkpoint_best.pt / checkpoint_last.pt)") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not an nmt checkpoint (no 'format' key)")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, expected {FORMAT!r} "
+                              f"(written by another version of nmt?)")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing} (a partial or foreign checkpoint)")
+    return state
+
+
+def rng_state() -> dict:
+    """The torch RNG states (CPU and every CUDA device) as tensors."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """RUN_DIR/STAGE: where one stage's checkpoints and metrics go."""
+    return Path(run_dir) / stage
+
+
+def best_checkpoint_path(run_dir: str | Path) -> Path:
+    """The checkpoint translate.py should use by default for a run directory: the fine-tuned best
+    if it exists, else the stage-1 (decoder) best, else direct, else scratch (baselines).
+
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "decoder").mkdir(); (run / "decoder" / "checkpoint_best.pt").touch()
+    >>> best_checkpoint_path(run).relative_to(run).as_posix()
+    'decoder/checkpoint_best.pt'
+    """
+    run_dir = Path(run_dir)
+    candidates = [stage_dir(run_dir, s) / "checkpoint_best.pt" for s in STAGE_DIRS]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise CheckpointError(f"{run_dir}: no trained model found (looked for "
+                          f"{', '.join(str(c.relative_to(run_dir)) for c in candidates)}); train one with train.py")

@@ -1,0 +1,210 @@
+"""Training configuration: one dataclass, a comment per field; the CLI flags are made from it.
+
+Defaults are the paper's Table 2 (Imamura & Sumita 2019): batches of ~500 sentences, Adam with
+betas (0.9, 0.99), peak LR 4e-4 (8e-5 for fine-tuning), linear warm-up for 5 epochs then inverse
+square-root decay, label smoothing 0.1, dropout 0.15. The comment after each field is its ``--help``
+text (read from this file's source, so there is one place to document a field):
+
+>>> parser = build_parser()
+>>> cfg = config_from_args(parser.parse_args(["--stage", "finetune", "--max-epochs", "3"]))
+>>> cfg.stage, cfg.max_epochs, cfg.peak_lr(), cfg.adam_betas
+('finetune', 3, 8e-05, (0.9, 0.99))
+>>> FIELD_HELP["label_smoothing"]
+'label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per wrong class)'
+
+With no data arguments train.py trains on the embedded demo corpus; the demo's own settings are
+the explicit :data:`DEMO_PRESET`, applied over the defaults for every field the user did not set.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("decoder", "finetune", "direct", "scratch")
+ARCHS = ("bert", "transformer-base", "transformer-bert-size")
+DEMO_PAIRS = ("en-de", "en-vi")
+
+
+class ConfigError(ValueError):
+    """An invalid combination of training options."""
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train
+    stage: str = "decoder"                 # decoder (stage 1: frozen BERT) | finetune (stage 2) | direct (BERT + new decoder end to end) | scratch (Transformer baselines)
+    arch: str = "bert"                     # bert | transformer-base | transformer-bert-size (the baselines train with --stage scratch)
+    data: str | None = None                # prepared data directory (tools/prepare_data.py); none: the embedded demo corpus
+    pair: str = "en-de"                    # demo direction when --data is not given: en-de or en-vi
+    bert: str | None = None                # BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2
+    init: str | None = None                # finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt
+    run_dir: str | None = None             # run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH for baselines)
+    resume: bool = False                   # continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, data position)
+    # ---- optimisation (paper, Table 2)
+    lr: float | None = None                # peak learning rate; none: 4e-4 (8e-5 for finetune)
+    warmup_epochs: float | None = None     # linear warm-up in epochs; none: 5 at LR 4e-4, scaled by LR/4e-4 (finetune: 1)
+    warmup_steps: int | None = None        # linear warm-up in updates (overrides --warmup-epochs)
+    adam_beta1: float = 0.9                # Adam beta1
+    adam_beta2: float = 0.99               # Adam beta2 (paper: 0.99)
+    adam_eps: float = 1e-8                 # Adam epsilon
+    weight_decay: float = 0.0              # Adam weight decay (L2; the paper uses none)
+    clip_norm: float = 0.0                 # clip the gradient norm to this (0: off, fairseq's default)
+    label_smoothing: float = 0.1           # label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per wrong class)
+    dropout: float = 0.15                  # decoder (and baseline encoder) dropout (paper: 0.15)
+    encoder_dropout: float | None = None   # BERT hidden dropout in finetune/direct; none: BERT's own (0.1)
+    decoder_layers: int = 6                # decoder layers (paper: 6); width and heads follow the encoder
+    # ---- batches and stopping
+    max_sentences: int = 500               # sentences per batch (paper: ~500), length-bucketed
+    max_tokens: int | None = None          # also cap padded tokens per batch (B x longest side); none: no cap
+    max_epochs: int = 100                  # stop after this many epochs
+    patience: int = 3                      # stop when the dev loss has not improved for this many epochs
+    max_steps: int | None = None           # stop after this many updates in total (tests, benchmarks)
+    seed: int = 1                          # seed for initialisation, dropout and batch shuffling
+    # ---- speed
+    encoder_cache: str = "auto"            # decoder stage: cache encoder outputs: auto | memory | disk | off
+    cache_dtype: str = "float16"           # encoder cache precision: float16 (half the memory) | float32 (exact)
+    cache_max_gb: float = 4.0              # auto: largest in-memory cache (GB); larger ones go to disk in the run directory
+    device: str = "auto"                   # cpu | cuda | cuda:N | auto (cuda when available)
+    amp: str = "off"                       # CUDA autocast dtype: off | bfloat16 | float16
+    threads: int = 0                       # torch CPU threads (0: torch's default)
+    progress: bool = True                  # show a tqdm bar per epoch
+
+    def peak_lr(self) -> float:
+        """--lr, else the paper's: 8e-5 for fine-tuning, 4e-4 otherwise."""
+        if self.lr is not None:
+            return self.lr
+        return 8e-5 if self.stage == "finetune" else 4e-4
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        return (self.adam_beta1, self.adam_beta2)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError for an unknown stage/arch or an impossible combination."""
+        if self.stage not in STAGES:
+            raise ConfigError(f"unknown --stage {self.stage!r}; expected one of {', '.join(STAGES)}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown --arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        if (self.arch == "bert") == (self.stage == "scratch"):
+            raise ConfigError(f"--stage {self.stage} does not go with --arch {self.arch}: BERT trains with "
+                              f"--stage decoder/finetune/direct, the Transformer baselines with --stage scratch")
+        if self.data is None and self.pair not in DEMO_PAIRS:
+            raise ConfigError(f"unknown demo --pair {self.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
+        if self.encoder_cache not in ("auto", "memory", "disk", "off"):
+            raise ConfigError(f"unknown --encoder-cache {self.encoder_cache!r}; expected auto, memory, disk or off")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ConfigError(f"unknown --cache-dtype {self.cache_dtype!r}; expected float16 or float32")
+        if self.amp not in ("off", "bfloat16", "float16"):
+            raise ConfigError(f"unknown --amp {self.amp!r}; expected off, bfloat16 or float16")
+        positive = {"max_sentences": self.max_sentences, "max_epochs": self.max_epochs, "patience": self.patience,
+                    "decoder_layers": self.decoder_layers}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("max_tokens", "max_steps", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError("--label-smoothing and --dropout must be in [0, 1)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild from a checkpoint's "config"; keys of other versions are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The embedded demo's settings (train.py with no --data): chosen so that stage 1 finishes in minutes
+# on a laptop CPU; printed at start. Data preparation settings for the demo live here too.
+DEMO_PRESET: dict = {
+    "max_sentences": 64,       # small corpus: more, smaller updates per epoch
+    "max_epochs": 8,           # stage-1 budget on 2 CPU cores
+    "patience": 2,
+    "warmup_epochs": 1.0,      # 5 epochs of warm-up would be most of a short run
+    "decoder_layers": 3,       # a lighter decoder trains faster on CPU
+}
+DEMO_BPE_MERGES = 8000         # target BPE merges for the demo corpus (the paper's 16K is for 100K+ pairs)
+
+
+def _field_help() -> dict[str, str]:
+    """Field name -> the comment after it in TrainConfig's source."""
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip()
+            for m in re.finditer(r"^\s{4}(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE)}
+
+
+FIELD_HELP = _field_help()
+
+
+def _parse_optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse flags generated from TrainConfig; every default is None so that the flags the user
+    actually gave can be told apart (the demo preset only fills the others)."""
+    p = argparse.ArgumentParser(description="Train a BERT-encoder NMT model (Imamura & Sumita 2019) or a baseline.")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = FIELD_HELP.get(f.name, "") + (f" (default: {default})" if default is not None else "")
+        help_text = help_text.replace("%", "%%")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+        p.add_argument(flag, dest=f.name, type=_parse_optional(kind) if "None" in str(f.type) else kind,
+                       default=None, metavar=f.name.upper(), help=help_text)
+    return p
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The options the user set on the command line."""
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def config_from_args(args: argparse.Namespace, preset: dict | None = None) -> TrainConfig:
+    """TrainConfig from parsed flags: defaults < preset < flags given. Not validated yet.
+
+    A baseline ``--arch transformer-*`` without ``--stage`` trains with stage "scratch".
+    """
+    given = given_options(args)
+    values = {**(preset or {}), **given}
+    if "stage" not in given and values.get("arch", "bert") != "bert":
+        values["stage"] = "scratch"
+    return dataclasses.replace(TrainConfig(), **values)
+
+
+def is_demo(cfg: TrainConfig) -> bool:
+    return cfg.data is None
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """checkpoints/demo-en-de, checkpoints/iwslt15-en-vi, checkpoints/demo-en-de-transformer-base, ..."""
+    if cfg.run_dir is not None:
+        return Path(cfg.run_dir)
+    name = f"demo-{cfg.pair}" if cfg.data is None else Path(cfg.data).resolve().name
+    if cfg.arch != "bert":
+        name += f"-{cfg.arch}"
+    return REPO / "checkpoints" / name
+
+
+def demo_data_dir(pair: str, arch: str = "bert") -> Path:
+    """Cache of the prepared demo corpus (prepared once by tools/prepare_data.prepare_demo)."""
+    return REPO / "checkpoints" / "data" / (f"demo-{pair}" + ("-source-bpe" if arch != "bert" else ""))
