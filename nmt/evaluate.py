@@ -12,8 +12,8 @@ sentence scores; instead each sentence contributes *sufficient statistics* — h
 closest reference length, and clipped matched / total n-gram counts for n = 1..4 — and corpus BLEU
 is a function of their sum. We extract them with sacrebleu's own tokenizer and n-gram extraction,
 so BLEU of the summed statistics equals ``sacrebleu.BLEU().corpus_score`` (tested). A resample of
-the test set is then a vector of counts per sentence, and all resamples at once are a matrix product
-``counts [B, N] @ stats [N, 10] -> [B, 10]``.
+the test set is then a vector of counts per sentence, and a block of resamples is one matrix product
+``counts [b, N] @ stats [N, 10] -> [b, 10]``.
 
 The p-value (our definition, Koehn's): draw ``num_samples`` resamples of the N sentence indices with
 replacement (``numpy.random.default_rng(seed)``), score system and baseline on each, and let
@@ -31,8 +31,8 @@ How this relates to the other tools:
   for the same seed (``default_rng(seed).choice`` == ``.integers``) but tests the two-sided
   statistic ``|d_b| - mean_b |d_b| > |delta|`` with ``p = (count + 1) / (B + 1)``. For a clear
   difference both are about Phi(-|delta| / sd(d)) and agree within sampling noise; near delta = 0
-  ours is ~0.5 and sacrebleu's ~0.4 (both not significant). Identical systems get sacrebleu
-  p = 1 / (B + 1) ("significant") but p = 1 here.
+  ours is ~0.5 and sacrebleu's ~0.4 (both not significant). A copy of the baseline gets
+  sacrebleu p = 1 / (B + 1) = 0.0010, marked significant, but p = 1 here.
 - MultEval (used by the paper) computes p-values by stratified approximate randomization
   (10,000 shuffles, two-sided, ``(count + 1) / (B + 1)``) and uses bootstrap resampling only for
   standard deviations; sacrebleu's ``--paired-ar`` is that test.
@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import sacrebleu
@@ -122,8 +122,12 @@ def check_parallel(named: Sequence[tuple[str | Path, Sequence[str]]]) -> None:
 # ----------------------------------------------------------------------------- sacrebleu wrappers
 
 def bleu_metric(tokenize: str = "13a") -> sacrebleu.BLEU:
-    """sacrebleu's BLEU with its defaults (case-sensitive, exp smoothing) and the given tokenizer."""
-    return sacrebleu.BLEU(tokenize=tokenize)
+    """sacrebleu's BLEU with its defaults (case-sensitive, exp smoothing) and the given tokenizer.
+
+    With ``tokenize="none"`` the caller has said the text is tokenized, so sacrebleu's "looks
+    tokenized" warning is switched off (``force``; it is not part of the signature).
+    """
+    return sacrebleu.BLEU(tokenize=tokenize, force=tokenize == "none")
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str],
@@ -211,26 +215,33 @@ class BootstrapResult:
     alpha: float           # significance level
 
     def describe(self) -> str:
+        contradicting = round(self.p_value * self.num_samples)
         verdict = (f"significant at p < {self.alpha:g} {self.mark}" if self.significant
                    else f"not significant at p < {self.alpha:g}")
         return (f"paired bootstrap ({self.num_samples} samples, seed {self.seed}): "
                 f"BLEU {self.bleu:.2f} vs baseline {self.baseline_bleu:.2f}, "
-                f"delta {self.delta:+.2f}, p = {self.p_value:.4f}, {verdict}")
+                f"delta {self.delta:+.2f}, p = {self.p_value:.4f} ({contradicting}/{self.num_samples} "
+                f"resamples {'not better' if self.delta >= 0 else 'not worse'}), {verdict}")
 
 
-def resample_counts(num_sentences: int, num_samples: int, seed: int) -> np.ndarray:
-    """How often each sentence is drawn in each resample, int64 [num_samples, num_sentences].
+def resample_counts(num_sentences: int, num_samples: int, seed: int,
+                    max_entries: int = 2_000_000) -> Iterator[np.ndarray]:
+    """How often each sentence is drawn in each resample: int64 blocks [b, num_sentences] whose
+    rows, concatenated, are the num_samples resamples (blocks keep memory to ~max_entries).
 
-    The draws are ``default_rng(seed).integers(0, N, (B, N))``, the same indices sacrebleu's
-    ``--paired-bs`` draws for the same seed.
+    The draws are ``default_rng(seed).integers(0, N, (B, N))`` (drawn block by block, which gives
+    the same stream), i.e. the indices sacrebleu's ``--paired-bs`` draws for the same seed.
     """
     if num_sentences < 1 or num_samples < 1:
         raise EvaluationError("bootstrap needs at least one sentence and one sample")
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, num_sentences, size=(num_samples, num_sentences))   # [B, N]
-    flat = draws + num_sentences * np.arange(num_samples)[:, None]              # [B, N]
-    return np.bincount(flat.ravel(), minlength=num_samples * num_sentences).reshape(
-        num_samples, num_sentences)
+    block = max(1, max_entries // num_sentences)
+    for start in range(0, num_samples, block):
+        rows = min(block, num_samples - start)
+        draws = rng.integers(0, num_sentences, size=(rows, num_sentences))    # [b, N]
+        flat = draws + num_sentences * np.arange(rows)[:, None]              # [b, N]
+        yield np.bincount(flat.ravel(), minlength=rows * num_sentences).reshape(
+            rows, num_sentences)
 
 
 def paired_bootstrap_from_statistics(system_stats: np.ndarray, baseline_stats: np.ndarray, *,
@@ -243,9 +254,13 @@ def paired_bootstrap_from_statistics(system_stats: np.ndarray, baseline_stats: n
     bleu = float(bleu_from_statistics(system_stats.sum(0)))
     baseline_bleu = float(bleu_from_statistics(baseline_stats.sum(0)))
     delta = bleu - baseline_bleu
-    counts = resample_counts(len(system_stats), num_samples, seed).astype(np.float64)   # [B, N]
-    sample_system = bleu_from_statistics(counts @ system_stats)        # [B]
-    sample_baseline = bleu_from_statistics(counts @ baseline_stats)    # [B]
+    system_stats = np.asarray(system_stats, dtype=np.float64)          # [N, 10], exact integers
+    baseline_stats = np.asarray(baseline_stats, dtype=np.float64)
+    sample_system, sample_baseline = [], []                            # BLEU per resample
+    for counts in resample_counts(len(system_stats), num_samples, seed):   # [b, N]
+        sample_system.append(bleu_from_statistics(counts @ system_stats))      # [b]
+        sample_baseline.append(bleu_from_statistics(counts @ baseline_stats))  # [b]
+    sample_system, sample_baseline = np.concatenate(sample_system), np.concatenate(sample_baseline)
     direction = 1.0 if delta >= 0 else -1.0
     p_value = float(np.mean(direction * (sample_system - sample_baseline) <= 0))
     significant = p_value < alpha
