@@ -10,6 +10,15 @@ from nmt.model import ModelSpec, build_model
 from nmt.vocab import Vocab
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: thread start-up costs more than it saves, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_model(seed=0, V=12):
     torch.manual_seed(seed)
     spec = ModelSpec.transformer("transformer-base", src_vocab_size=15, tgt_vocab_size=V, src_pad_id=0,

@@ -8,6 +8,15 @@ from nmt.decoder import (DecoderConfig, TransformerDecoder, make_positions, sinu
 from nmt.vocab import Vocab
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: thread start-up costs more than it saves, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(layers=2, H=16, heads=4, V=23, **kw):
     torch.manual_seed(0)
     return TransformerDecoder(DecoderConfig(embed_dim=H, num_heads=heads, ffn_dim=2 * H, num_layers=layers, **kw),

@@ -7,6 +7,16 @@ from nmt.model import (ModelSpec, ModelSpecError, Seq2Seq, build_model, count_pa
 from nmt.transformer_encoder import TransformerEncoder
 from nmt.vocab import Vocab
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: thread start-up costs more than it saves, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = dict(embed_dim=16, num_heads=2, ffn_dim=32, num_layers=2)
 
 

@@ -1,0 +1,153 @@
+"""translate.py end to end on a tiny checkpoint built here (BERT-arch model + WordPiece source + BPE target)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.beam_search import beam_search
+from nmt.model import ModelSpec, build_model
+
+# the text pipelines and the BERT encoder are other modules of this project; skip until present
+text = pytest.importorskip("nmt.text")
+bert = pytest.importorskip("nmt.bert")
+from nmt.bpe import BPE  # noqa: E402
+from nmt.wordpiece import WordPieceTokenizer  # noqa: E402
+
+SourcePipeline, TargetPipeline = text.SourcePipeline, text.TargetPipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # translate.py lives in the repo root
+import translate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: thread start-up costs more than it saves, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+WORDS = "the a cat dog sat on mat house is small big red".split()
+TARGET_LINES = ["das ist ein Haus .", "die Katze sitzt auf der Matte .", "der Hund ist groß !"]
+
+
+def make_checkpoint(path, max_positions=16):
+    tok = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!"] + WORDS + ["##s"])
+    source = SourcePipeline.wordpiece(tok, max_positions=max_positions)
+    target = TargetPipeline.build("raw", BPE([("a", "s"), ("d", "e"), ("i", "e")]), TARGET_LINES)
+    cfg = bert.BertConfig(vocab_size=len(tok.vocab_tokens), hidden_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32, max_position_embeddings=max_positions)
+    spec = ModelSpec.bert(cfg, tgt_vocab_size=len(target.vocab), src_pad_id=tok.pad_id, num_layers=2)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    with torch.no_grad():
+        model.decoder.output_projection.weight.mul_(4.0)   # peaky: short, input-dependent outputs
+    state = {"format": "nmt-checkpoint/1", "model_spec": spec.to_dict(), "model": model.state_dict(),
+             "source": source.to_dict(), "target": target.to_dict()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return make_checkpoint(tmp_path / "tiny.pt")
+
+
+def run(capsys, *argv):
+    code = translate.main(["--quiet", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+SOURCE = ["the cat sat on the mat .", "", "a big red dog !", "dogs", "   ", "the house is small ."]
+
+
+def test_translations_keep_line_count_order_and_empty_lines(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SOURCE) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 4, "--batch-size", 2,
+                         "--device", "cpu")
+    assert code == 0, err
+    lines = out.split("\n")[:-1]
+    assert len(lines) == len(SOURCE)
+    assert lines[1] == "" and lines[4] == ""
+    # each line translated alone, through the library directly, gives the same text
+    tr = translate.Translator.from_checkpoint(ckpt)
+    for line, got in zip(SOURCE, lines):
+        if not line.strip():
+            continue
+        ids = torch.tensor([tr.source.encode(line)])
+        best = beam_search(tr.model, ids, torch.ones_like(ids, dtype=torch.bool), beam_size=4)[0][0]
+        assert got == tr.target.decode(best.tokens)
+    assert any(lines[i] for i in (0, 2, 3, 5))                 # not all empty
+
+
+def test_stdin_stdout_output_file_and_greedy(tmp_path, ckpt, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(SOURCE).encode())))
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--beam", 1)
+    assert code == 0 and len(out.split("\n")[:-1]) == len(SOURCE)
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("\n".join(SOURCE), encoding="utf-8")
+    assert run(capsys, "--checkpoint", ckpt, "--input", src, "--output", dst, "--beam", 1)[0] == 0
+    assert dst.read_text(encoding="utf-8") == out
+
+
+def test_nbest_output_format(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat .\na dog .\n", encoding="utf-8")
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 4, "--nbest", 3)
+    rows = [line.split(" ||| ") for line in out.splitlines()]
+    assert code == 0 and [r[0] for r in rows] == ["0"] * 3 + ["1"] * 3
+    scores = [float(r[2]) for r in rows[:3]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_overlong_line_is_truncated_with_a_warning(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat .\n" + " ".join(["dog"] * 40) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 2)
+    assert code == 0 and len(out.splitlines()) == 2
+    assert f"{src}:2: 42 source tokens" in err and "truncated" in err
+
+
+def test_invalid_utf8_names_the_line(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"the cat .\nthe \xff dog\n")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and f"{src}:2: invalid UTF-8" in err and "Traceback" not in err
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path, ckpt, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(ckpt.read_bytes()[:1000])
+    src = tmp_path / "in.txt"
+    src.write_text("the cat .\n", encoding="utf-8")
+    code, _, err = run(capsys, "--checkpoint", broken, "--input", src)
+    assert code == 2 and err.startswith("error: ") and str(broken) in err
+    code, _, err = run(capsys, "--checkpoint", tmp_path / "nope.pt", "--input", src)
+    assert code == 2 and "nope.pt" in err
+    bad = tmp_path / "bad.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["target"]
+    torch.save(state, bad)
+    code, _, err = run(capsys, "--checkpoint", bad, "--input", src)
+    assert code == 2 and "target" in err
+
+
+def test_reference_prints_bleu_and_signature(tmp_path, ckpt, capsys):
+    src, ref = tmp_path / "in.txt", tmp_path / "ref.txt"
+    src.write_text("the cat .\na dog .\n", encoding="utf-8")
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 2)
+    ref.write_text(out, encoding="utf-8")                       # its own output as reference: BLEU 100
+    code, out2, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 2, "--reference", ref)
+    assert code == 0 and out2 == out
+    if out.strip():
+        assert "BLEU = 100.00" in err
+    assert "signature: nrefs:1" in err
+    ref.write_text("only one line\n", encoding="utf-8")
+    code, _, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--reference", ref)
+    assert code == 2 and "line counts differ" in err

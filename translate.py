@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Translate text with a trained checkpoint: one line in, one line out, in input order.
+
+    python translate.py --checkpoint checkpoints/demo-en-de/checkpoint_best.pt < test.en > test.hyp.de
+    python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
+
+The checkpoint carries everything: the network spec and weights, and the source and target text
+pipelines (vocabularies, BPE merges). Lines are encoded, sorted by length, translated in batches
+(beam search, nmt/beam_search.py), decoded (BPE removed, detokenized) and written back in input
+order. Empty input lines give empty output lines. Lines longer than the encoder's positions are
+truncated (with a warning naming the line). With ``--nbest N > 1`` the output is Moses n-best
+format: ``<0-based line> ||| <translation> ||| <score>``, N lines per input line. With
+``--reference`` the corpus BLEU and sacrebleu signature are printed on stderr at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from nmt.beam_search import Hypothesis, beam_search, greedy_search
+from nmt.model import ModelSpec, Seq2Seq, build_model
+
+FALLBACK_CHECKPOINT = "checkpoints/demo-en-de/checkpoint_best.pt"
+
+
+class TranslateError(ValueError):
+    """Bad input to translation: names the file (and line) and what to do."""
+
+
+def default_checkpoint() -> str:
+    """The demo run's best checkpoint (nmt/config.py's DEFAULT_CHECKPOINT when it defines one)."""
+    try:
+        from nmt import config
+        return str(getattr(config, "DEFAULT_CHECKPOINT", FALLBACK_CHECKPOINT))
+    except ImportError:
+        return FALLBACK_CHECKPOINT
+
+
+def _load_checkpoint_dict(path: Path) -> dict:
+    try:
+        from nmt.checkpoint import load_checkpoint
+    except ImportError:
+        load_checkpoint = None
+    if load_checkpoint is not None:
+        return load_checkpoint(path)
+    if not path.is_file():
+        raise TranslateError(f"{path}: checkpoint not found (train one with train.py, or pass --checkpoint)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # truncated zip, pickle with code, ...: all "not a usable checkpoint"
+        raise TranslateError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); "
+                             f"is the file complete? re-copy it or pick another checkpoint") from None
+
+
+@dataclass
+class Translator:
+    model: Seq2Seq
+    source: object              # nmt.text.SourcePipeline
+    target: object              # nmt.text.TargetPipeline
+    device: torch.device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+        from nmt.text import SourcePipeline, TargetPipeline
+        path = Path(path)
+        ckpt = _load_checkpoint_dict(path)
+        if not isinstance(ckpt, dict):
+            raise TranslateError(f"{path}: not an nmt checkpoint (expected a dict)")
+        missing = [k for k in ("model_spec", "model", "source", "target") if k not in ckpt]
+        if missing:
+            raise TranslateError(f"{path}: checkpoint lacks {missing}; was it written by train.py?")
+        spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
+        source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
+        target = TargetPipeline.from_dict(ckpt["target"], what=f"{path}: target")
+        if len(source.vocab_tokens) != spec.src_vocab_size or len(target.vocab) != spec.tgt_vocab_size:
+            raise TranslateError(f"{path}: vocabulary sizes (source {len(source.vocab_tokens)}, target "
+                                 f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
+                                 f"{spec.tgt_vocab_size})")
+        model = build_model(spec)
+        try:
+            model.load_state_dict(ckpt["model"], strict=True)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise TranslateError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
+        device = torch.device(device)
+        return cls(model.to(device).eval(), source, target, device)
+
+    @property
+    def max_source_len(self) -> int:
+        return min(int(self.source.max_positions), self.model.encoder_max_positions)
+
+    def encode_lines(self, lines: Sequence[str], name: str = "<input>",
+                     warn: Callable[[str], None] = lambda msg: None) -> list[list[int] | None]:
+        """Source ids per line; None for an empty line. Overlong lines are truncated with a warning."""
+        limit, out = self.max_source_len, []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                out.append(None)
+                continue
+            ids = self.source.encode(line)
+            if len(ids) > limit:
+                warn(f"{name}:{number}: {len(ids)} source tokens, more than the encoder's {limit} "
+                     f"positions; truncated")
+                ids = self.source.encode(line, max_length=limit)
+            out.append(ids)
+        return out
+
+    def translate(self, lines: Sequence[str], *, beam: int = 10, lenpen: float = 1.0, nbest: int = 1,
+                  batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
+                  max_len_b: int = 10, name: str = "<input>", warn: Callable[[str], None] = lambda m: None,
+                  progress=None) -> list[list[tuple[str, float]]]:
+        """Per line, ``nbest`` (text, score) pairs, best first; [("", 0.0)] for an empty line."""
+        encoded = self.encode_lines(lines, name, warn)
+        results: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
+        order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))
+        pad = self.source.pad_id
+        start = 0
+        while start < len(order):
+            longest = len(encoded[order[start]])          # sorted longest first: the batch's width
+            size = min(batch_size, max(1, (max_tokens or 1 << 62) // longest))
+            batch = order[start:start + size]
+            start += len(batch)
+            src = torch.full((len(batch), longest), pad, dtype=torch.long)
+            mask = torch.zeros(len(batch), longest, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                src[row, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, :len(encoded[i])] = True
+            src, mask = src.to(self.device), mask.to(self.device)
+            hyps: list[list[Hypothesis]]
+            if beam == 1:
+                hyps = greedy_search(self.model, src, mask, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b)
+            else:
+                hyps = beam_search(self.model, src, mask, beam_size=beam, lenpen=lenpen, nbest=nbest,
+                                   max_len_a=max_len_a, max_len_b=max_len_b)
+            for i, h in zip(batch, hyps):
+                results[i] = [(self.target.decode(x.tokens), x.score) for x in h]
+            if progress is not None:
+                progress.update(len(batch))
+        return results
+
+
+def read_input(path: str | None) -> tuple[list[str], str]:
+    """Lines of a UTF-8 file (or stdin), without newlines; invalid UTF-8 names the line."""
+    name = path or "<stdin>"
+    if path is not None and not Path(path).is_file():
+        raise TranslateError(f"{path}: input file not found")
+    data = Path(path).read_bytes() if path is not None else sys.stdin.buffer.read()
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    lines = []
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TranslateError(f"{name}:{number}: invalid UTF-8 at byte {e.start} of the line "
+                                 f"({raw[max(e.start - 10, 0):e.start + 10]!r}); re-encode the input as UTF-8 "
+                                 f"(e.g. iconv -f latin1 -t utf-8)") from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        lines.append(line.removesuffix("\r"))
+    return lines, name
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Translate text with a trained nmt checkpoint.")
+    p.add_argument("--checkpoint", default=default_checkpoint(), help="checkpoint (default: %(default)s)")
+    p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")
+    p.add_argument("--output", help="write translations here (default: stdout)")
+    p.add_argument("--beam", type=int, default=10, help="beam size; 1 = greedy (default: 10, the paper's)")
+    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty alpha: score = log p / len**alpha")
+    p.add_argument("--nbest", type=int, default=1, help="hypotheses per line; > 1 writes Moses n-best format")
+    p.add_argument("--batch-size", type=int, default=64, help="most sentences per batch")
+    p.add_argument("--max-tokens", type=int, default=4000,
+                   help="most padded source tokens per batch (default: %(default)s)")
+    p.add_argument("--max-len-a", type=float, default=1.2, help="output at most a * source length + b tokens")
+    p.add_argument("--max-len-b", type=int, default=10)
+    p.add_argument("--reference", help="reference translations: print BLEU and its signature at the end")
+    p.add_argument("--bleu-tokenize", default="13a",
+                   help="sacrebleu tokenizer for --reference; 'none' for pre-tokenized references")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)   # noqa: E731
+    try:
+        if args.beam < 1 or not 1 <= args.nbest <= max(args.beam, 1) or args.batch_size < 1:
+            raise TranslateError("need --beam >= 1, 1 <= --nbest <= --beam and --batch-size >= 1")
+        if args.beam == 1 and args.nbest > 1:
+            raise TranslateError("--nbest > 1 needs --beam > 1")
+        translator = Translator.from_checkpoint(args.checkpoint, args.device)
+        lines, name = read_input(args.input)
+        references = None
+        if args.reference:
+            from nmt.evaluate import check_parallel, read_lines
+            references = read_lines(args.reference)
+            check_parallel([(name, lines), (args.reference, references)])
+        from tqdm import tqdm
+        with tqdm(total=sum(bool(x.strip()) for x in lines), file=sys.stderr, unit="sent",
+                  disable=args.quiet, desc="translating") as bar:
+            results = translator.translate(lines, beam=args.beam, lenpen=args.lenpen, nbest=args.nbest,
+                                           batch_size=args.batch_size, max_tokens=args.max_tokens,
+                                           max_len_a=args.max_len_a, max_len_b=args.max_len_b, name=name,
+                                           warn=warn, progress=bar)
+        if args.nbest > 1:
+            out_lines = [f"{i} ||| {text} ||| {score:.4f}" for i, r in enumerate(results) for text, score in r]
+        else:
+            out_lines = [r[0][0] for r in results]
+        text = "".join(line + "\n" for line in out_lines)
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        if references is not None:
+            from nmt.evaluate import corpus_bleu
+            score, signature = corpus_bleu([r[0][0] for r in results], references, tokenize=args.bleu_tokenize)
+            print(f"{score.format()}\nsignature: {signature}", file=sys.stderr)
+    except ValueError as e:        # TranslateError and the library's errors (checkpoint, spec, data)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
