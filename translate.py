@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Translate text with a trained checkpoint: one line in, one line out, in input order.
 
-    python translate.py --checkpoint checkpoints/demo-en-de/checkpoint_best.pt < test.en > test.hyp.de
+    python translate.py < test.en > test.hyp.de           # the demo run's best model
+    python translate.py --checkpoint checkpoints/demo-en-de/finetune/checkpoint_best.pt < test.en
     python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
 
 The checkpoint carries everything: the network spec and weights, and the source and target text
@@ -25,20 +26,24 @@ import torch
 from nmt.beam_search import Hypothesis, beam_search, greedy_search
 from nmt.model import ModelSpec, Seq2Seq, build_model
 
-FALLBACK_CHECKPOINT = "checkpoints/demo-en-de/checkpoint_best.pt"
+REPO = Path(__file__).resolve().parent
+DEFAULT_RUN = REPO / "checkpoints" / "demo-en-de"     # the demo run directory (train.py's default)
 
 
 class TranslateError(ValueError):
     """Bad input to translation: names the file (and line) and what to do."""
 
 
-def default_checkpoint() -> str:
-    """The demo run's best checkpoint (nmt/config.py's DEFAULT_CHECKPOINT when it defines one)."""
-    try:
-        from nmt import config
-        return str(getattr(config, "DEFAULT_CHECKPOINT", FALLBACK_CHECKPOINT))
-    except ImportError:
-        return FALLBACK_CHECKPOINT
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory: then its best model (finetune, else decoder, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            from nmt.checkpoint import best_checkpoint_path
+        except ImportError:
+            return path / "finetune" / "checkpoint_best.pt"
+        return best_checkpoint_path(path)
+    return path
 
 
 def _load_checkpoint_dict(path: Path) -> dict:
@@ -67,7 +72,7 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
         from nmt.text import SourcePipeline, TargetPipeline
-        path = Path(path)
+        path = resolve_checkpoint(path)
         ckpt = _load_checkpoint_dict(path)
         if not isinstance(ckpt, dict):
             raise TranslateError(f"{path}: not an nmt checkpoint (expected a dict)")
@@ -168,7 +173,9 @@ def read_input(path: str | None) -> tuple[list[str], str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Translate text with a trained nmt checkpoint.")
-    p.add_argument("--checkpoint", default=default_checkpoint(), help="checkpoint (default: %(default)s)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_RUN),
+                   help="checkpoint file, or a run directory to use its best model (fine-tuned if there is "
+                        "one, else stage 1); default: the demo run %(default)s")
     p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here (default: stdout)")
     p.add_argument("--beam", type=int, default=10, help="beam size; 1 = greedy (default: 10, the paper's)")

@@ -151,3 +151,16 @@ def test_reference_prints_bleu_and_signature(tmp_path, ckpt, capsys):
     ref.write_text("only one line\n", encoding="utf-8")
     code, _, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--reference", ref)
     assert code == 2 and "line counts differ" in err
+
+
+def test_run_directory_uses_its_best_checkpoint(tmp_path, capsys):
+    pytest.importorskip("nmt.checkpoint")
+    run_dir = tmp_path / "run"
+    (run_dir / "decoder").mkdir(parents=True)
+    make_checkpoint(run_dir / "decoder" / "checkpoint_best.pt")
+    src = tmp_path / "in.txt"
+    src.write_text("the cat .\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", run_dir, "--input", src, "--beam", 2)
+    assert code == 0 and len(out.splitlines()) == 1, err
+    code, _, err = run(capsys, "--checkpoint", tmp_path, "--input", src)
+    assert code == 2 and "no trained model found" in err
