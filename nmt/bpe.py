@@ -13,14 +13,14 @@ whitespace (tabs, no-break spaces) is part of a word. ``nmt.pretokenize`` never 
 Worked example:
 
 >>> lines = ["low low low low low", "lower lower", "newest newest newest", "widest widest"]
->>> merges = learn_bpe(lines, num_merges=4)
->>> merges
-[('l', 'o'), ('lo', 'w</w>'), ('s', 't</w>'), ('e', 'st</w>')]
+>>> merges = learn_bpe(lines, num_merges=5)
+>>> merges  # ("l","o") occurs 7 times; then four pairs tie at 5 and the largest pair wins
+[('l', 'o'), ('w', 'e'), ('s', 't</w>'), ('lo', 'w</w>'), ('we', 'st</w>')]
 >>> bpe = BPE(merges)
->>> bpe.segment("lowest slow")
-'lo@@ w@@ est s@@ low'
->>> remove_bpe(bpe.segment("lowest slow"))
-'lowest slow'
+>>> bpe.segment("lowest slow newer")
+'lo@@ west s@@ low n@@ e@@ we@@ r'
+>>> remove_bpe(bpe.segment("lowest slow newer"))
+'lowest slow newer'
 
 Exact parity with subword-nmt, which ``tests/test_bpe.py`` checks on real text, means copying
 two of its less obvious behaviours, both of which can change which pair wins:
