@@ -1,0 +1,200 @@
+"""tools/prepare_data.py on the real IWSLT15 En-Vi files, and on broken input."""
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nmt.data import DataError, ParallelData, check_source_vocab
+from nmt.text import SourcePipeline, TargetPipeline, open_text_lines
+from nmt.vocab import Vocab
+from tests.conftest import REPO, SHARED_BERT_TF, SHARED_IWSLT, require_path
+from tools.prepare_data import main, prepare
+
+MERGES = 500          # small, for speed; the default is 16,000
+
+
+def lines_of(path):
+    return [line for _, line in open_text_lines(path)]
+
+
+@pytest.fixture(scope="module")
+def iwslt_prepared(tmp_path_factory):
+    """tst2012 as training data, tst2013 as valid and test; BERT vocab from ../shared/."""
+    iwslt, bert = require_path(SHARED_IWSLT), require_path(SHARED_BERT_TF)
+    out = tmp_path_factory.mktemp("prep") / "iwslt"
+    meta = prepare(out, train_prefix=iwslt / "tst2012", valid_prefix=iwslt / "tst2013",
+                   test_prefixes=[iwslt / "tst2013"], src="en", tgt="vi", target_mode="tokenized",
+                   bert=bert, bpe_merges=MERGES, print_fn=lambda s: None)
+    return out, meta
+
+
+def test_counts_and_summary(iwslt_prepared):
+    out, meta = iwslt_prepared
+    assert {s: meta["splits"][s]["pairs"] for s in ("train", "valid", "test")} == \
+        {"train": 1553, "valid": 1268, "test": 1268}
+    assert meta["splits"]["train"]["dropped"] == {"empty": 0, "too_long": 0}
+    assert len(ParallelData(out, "train", verify=True)) == 1553
+    assert "train       1,553  1,553" in meta["summary"] and "source vocabulary: 30,522" in meta["summary"]
+    assert meta["target"]["bpe_merges"] == MERGES
+
+
+def test_round_trip_to_the_original_tokenized_text(iwslt_prepared):
+    out, _ = iwslt_prepared
+    source = SourcePipeline.from_dict(json.loads((out / "source.json").read_text()))
+    target = TargetPipeline.from_dict(json.loads((out / "target.json").read_text()))
+    for split, prefix in (("train", "tst2012"), ("test", "tst2013")):
+        data = ParallelData(out, split)
+        en, vi = lines_of(SHARED_IWSLT / f"{prefix}.en"), lines_of(SHARED_IWSLT / f"{prefix}.vi")
+        assert data.line_numbers.tolist() == list(range(1, len(en) + 1))
+        exact = 0
+        for i in range(len(data)):
+            src_ids, tgt_ids = data.pair(i)
+            assert src_ids.tolist() == source.encode(en[i])
+            text = target.decode(tgt_ids)
+            if Vocab.UNK not in tgt_ids:
+                assert text == vi[i]                  # entities kept, BOM removed, nothing else changed
+                exact += 1
+        if split == "train":                          # BPE learned here: every line round-trips
+            assert exact == len(data)
+        else:                                         # unseen characters become <unk>, but rarely
+            assert exact > 0.95 * len(data)
+
+
+def test_target_vocab_is_every_bpe_symbol_of_the_training_target(iwslt_prepared):
+    out, _ = iwslt_prepared
+    target = TargetPipeline.from_dict(json.loads((out / "target.json").read_text()))
+    oracle = Vocab.build(target.tokens(x) for x in lines_of(SHARED_IWSLT / "tst2012.vi"))
+    assert target.vocab == oracle
+    data = ParallelData(out, "train")
+    assert Vocab.UNK not in np.asarray(data._bin["tgt"])
+
+
+def test_data_dir_rejects_another_bert_vocab(iwslt_prepared):
+    out, _ = iwslt_prepared
+    vocab = lines_of(SHARED_BERT_TF / "vocab.txt")
+    check_source_vocab(out, vocab)
+    with pytest.raises(DataError, match="different source vocabulary"):
+        check_source_vocab(out, vocab[:-1])
+
+
+def write_pairs(directory, name, src_lines, tgt_lines, src="en", tgt="vi", gz=False):
+    directory.mkdir(parents=True, exist_ok=True)
+    for lang, lines in ((src, src_lines), (tgt, tgt_lines)):
+        data = "".join(x + "\n" for x in lines).encode("utf-8")
+        if gz:
+            with gzip.open(directory / f"{name}.{lang}.gz", "wb") as f:
+                f.write(data)
+        else:
+            (directory / f"{name}.{lang}").write_bytes(data)
+    return directory / name
+
+
+def small_prepare(out, prefix, **kw):
+    kw.setdefault("bert", require_path(SHARED_BERT_TF / "vocab.txt"))
+    return prepare(out, train_prefix=prefix, src="en", tgt="vi", target_mode="tokenized",
+                   bpe_merges=50, print_fn=lambda s: None, **kw)
+
+
+def test_empty_and_overlong_pairs_are_dropped_and_counted(tmp_path):
+    en = ["a cat", "", "a dog", "the " * 30, "a bird", "  "]
+    vi = ["mèo", "chó", "", "x", "chim", "y"]
+    meta = small_prepare(tmp_path / "out", write_pairs(tmp_path, "train", en, vi), max_len=20)
+    assert meta["splits"]["train"]["pairs"] == 2
+    assert meta["splits"]["train"]["dropped"] == {"empty": 3, "too_long": 1}
+    assert "empty pairs at lines 2, 3, 6" in meta["summary"]
+    assert ParallelData(tmp_path / "out", "train").line_numbers.tolist() == [1, 5]
+
+
+def test_gzip_inputs_give_the_same_data(tmp_path):
+    en, vi = ["a cat sat", "the dog ran"], ["con mèo", "con chó chạy"]
+    plain = small_prepare(tmp_path / "p", write_pairs(tmp_path / "plain", "train", en, vi))
+    zipped = small_prepare(tmp_path / "z", write_pairs(tmp_path / "gz", "train", en, vi, gz=True))
+    assert plain["splits"]["train"]["files"] == zipped["splits"]["train"]["files"]
+
+
+@pytest.mark.parametrize("src_lines, tgt_lines, message", [
+    (["a", "b", "c"], ["x", "y"], r"line counts differ: .*train\.en has 3 lines, .*train\.vi has 2"),
+    (["", " "], ["x", "y"], r"no training pairs left after filtering \(2 read, 2 empty"),
+])
+def test_bad_training_data(tmp_path, src_lines, tgt_lines, message):
+    with pytest.raises(DataError, match=message):
+        small_prepare(tmp_path / "out", write_pairs(tmp_path, "train", src_lines, tgt_lines))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_invalid_utf8_and_missing_files(tmp_path):
+    prefix = write_pairs(tmp_path, "train", ["a", "b"], ["x", "y"])
+    (tmp_path / "train.vi").write_bytes(b"x\n\xff\xfe y\n")
+    with pytest.raises(DataError, match=r"train\.vi:2: invalid UTF-8"):
+        small_prepare(tmp_path / "out", prefix)
+    with pytest.raises(DataError, match=r"nope\.en: file not found \(nor .*nope\.en\.gz\)"):
+        small_prepare(tmp_path / "out", tmp_path / "nope")
+
+
+def test_reuse_and_refusal_to_overwrite(tmp_path):
+    prefix = write_pairs(tmp_path, "train", ["a cat", "a dog"], ["mèo", "chó"])
+    small_prepare(tmp_path / "out", prefix)
+    stamp = (tmp_path / "out" / "meta.json").stat().st_mtime_ns
+    small_prepare(tmp_path / "out", prefix, reuse=True)
+    assert (tmp_path / "out" / "meta.json").stat().st_mtime_ns == stamp       # nothing rebuilt
+    small_prepare(tmp_path / "out", prefix, reuse=True, max_len=9)             # other settings: rebuilt
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["settings"]["max_len"] == 9
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a prepared data directory; refusing to overwrite"):
+        small_prepare(tmp_path / "precious", prefix)
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_source_bpe_for_the_baselines(tmp_path):
+    en = ["the cat sat on the mat", "the dog sat", "a cat ran"]
+    vi = ["con mèo ngồi", "con chó ngồi", "mèo chạy"]
+    meta = small_prepare(tmp_path / "out", write_pairs(tmp_path, "train", en, vi), source_bpe=True,
+                         source_bpe_merges=30, bert=None)
+    source = SourcePipeline.from_dict(json.loads((tmp_path / "out" / "source.json").read_text()))
+    assert source.kind == "bpe" and meta["source"]["pad_id"] == Vocab.PAD
+    data = ParallelData(tmp_path / "out", "train", verify=True)
+    for i, line in enumerate(en):
+        ids = data.pair(i)[0].tolist()
+        assert ids == source.encode(line) and ids[-1] == Vocab.EOS and Vocab.UNK not in ids
+    assert source.vocab == Vocab.build(source.tokens(x) for x in en)
+
+
+def test_cli_reports_errors_with_exit_2(tmp_path, capsys):
+    prefix = write_pairs(tmp_path, "train", ["a", "b", "c"], ["x", "y"])
+    code = main(["--train-prefix", str(prefix), "--src", "en", "--tgt", "vi", "--target-mode", "tokenized",
+                 "--bert", str(require_path(SHARED_BERT_TF / "vocab.txt")), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: line counts differ") and "Traceback" not in err
+
+
+def test_cli_runs_as_a_script(tmp_path):
+    prefix = write_pairs(tmp_path, "train", ["a cat", "a dog"], ["mèo", "chó"])
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "prepare_data.py"), "--train-prefix", str(prefix),
+                          "--src", "en", "--tgt", "vi", "--target-mode", "tokenized", "--bpe-merges", "10",
+                          "--bert", str(require_path(SHARED_BERT_TF / "vocab.txt")), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "train           2     2" in run.stdout and (tmp_path / "o" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_demo_corpus_end_to_end(tmp_path):
+    """The embedded demo (raw text, gzip) as train.py prepares it; decode gives the raw text back."""
+    from tools.prepare_data import DEMO_DIR, prepare_demo
+    base = require_path(DEMO_DIR / "en-de")
+    meta = prepare_demo(tmp_path / "demo", "en-de", bpe_merges=2000, print_fn=lambda s: None)
+    target = TargetPipeline.from_dict(json.loads((tmp_path / "demo" / "target.json").read_text()))
+    for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
+        de = lines_of(base / f"{name}.de.gz")
+        info = meta["splits"][split]
+        assert info["pairs"] + sum(info["dropped"].values()) == len(de)
+        data = ParallelData(tmp_path / "demo", split, verify=True)
+        rows = range(0, len(data), 7 if split == "train" else 1)
+        exact = sum(target.decode(data.pair(i)[1]) == de[data.line_numbers[i] - 1] for i in rows)
+        assert exact >= 0.97 * len(rows), (split, exact, len(rows))
+    assert prepare_demo(tmp_path / "demo", "en-de", bpe_merges=2000, print_fn=lambda s: None) == meta  # cached
