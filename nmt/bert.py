@@ -191,10 +191,12 @@ class BertEncoder(nn.Module):
     """BERT without task heads; ``forward`` returns the last hidden states ``[B, S, H]``.
 
     ``with_pooler`` adds BERT's pooler (tanh dense on [CLS]) so checkpoints that carry it load
-    completely; the NMT model does not use it.
+    completely; the NMT model does not use it. ``init_weights=False`` keeps PyTorch's default
+    init and skips BERT's truncated-normal pass (seconds for BERT-base) when pre-trained weights
+    will be loaded right away.
     """
 
-    def __init__(self, config: BertConfig, with_pooler: bool = False):
+    def __init__(self, config: BertConfig, with_pooler: bool = False, init_weights: bool = True):
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
@@ -204,7 +206,8 @@ class BertEncoder(nn.Module):
             self.pooler.dense = nn.Linear(config.hidden_size, config.hidden_size)
         else:
             self.pooler = None
-        self.apply(self._init_weights)
+        if init_weights:
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module):

@@ -156,7 +156,8 @@ def load_native(path) -> NativeBert:
 
 def build_encoder(bert: NativeBert) -> tuple[BertEncoder, WordPieceTokenizer]:
     """Instantiate the encoder (eval mode) and tokenizer from a NativeBert."""
-    encoder = BertEncoder(bert.config, with_pooler=any(k.startswith("pooler.") for k in bert.state_dict))
+    encoder = BertEncoder(bert.config, with_pooler=any(k.startswith("pooler.") for k in bert.state_dict),
+                          init_weights=False)  # every weight is overwritten below
     encoder.load_state_dict(bert.state_dict, strict=True)
     tokenizer = WordPieceTokenizer(bert.vocab, do_lower_case=bert.do_lower_case, source=bert.source)
     if len(tokenizer) != bert.config.vocab_size:
