@@ -1,6 +1,5 @@
 """BertEncoder: config validation, mask semantics, and parity with transformers.BertModel."""
 import json
-import os
 from pathlib import Path
 
 import pytest
