@@ -98,6 +98,14 @@ def _reverse_key(symbol: str) -> bytes:
     return b"".join((0x10FFFF - ord(c)).to_bytes(3, "big") for c in symbol) + b"\xff\xff\xff\xff"
 
 
+class _ReverseKeys(dict):
+    """symbol -> _reverse_key(symbol), computed on first use."""
+
+    def __missing__(self, symbol: str) -> bytes:
+        key = self[symbol] = _reverse_key(symbol)
+        return key
+
+
 class _PairStatistics:
     """Pair frequencies with subword-nmt's pruning, plus a heap for the best pair.
 
@@ -185,7 +193,7 @@ def learn_bpe_from_counts(word_counts: dict, num_merges: int, min_frequency: int
     if not counts:
         return []
 
-    keys = {s: _reverse_key(s) for symbols in words for s in symbols}
+    keys = _ReverseKeys()
     stats = _PairStatistics(counts, keys)
     threshold = max(counts.values()) / 10
     merges: list[tuple[str, str]] = []
