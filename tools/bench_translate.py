@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Decoding speed: our beam search vs Hugging Face ``generate`` (and CTranslate2) on same-size models.
+
+All models have random weights (speed does not depend on them) and the demo's shape: a 6-layer
+H=384, 12-head, FFN 1536 encoder (MiniLM-L6) and a 6-layer decoder of the same width with a 16K
+target vocabulary. HF's model is ``BartForConditionalGeneration`` configured to those dimensions
+(post-norm, sinusoid-free learned positions -- same FLOPs up to the embeddings); CTranslate2 runs
+that same BART after conversion. Every system is forced to produce exactly ``--tgt-len`` tokens
+plus EOS for every hypothesis (min length = max length), so all do the same number of decoder
+steps. Reports sentences/s and generated tokens/s at beam 10 and beam 1, batch 1 and batch 64.
+
+    python tools/bench_translate.py                      # CPU, all threads
+    python tools/bench_translate.py --device cuda --sentences 256
+
+transformers and ctranslate2 are benchmark-only dependencies (ctranslate2 is optional: skipped
+with a note when it is not installed).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.beam_search import beam_search, greedy_search  # noqa: E402
+from nmt.model import ModelSpec, build_model  # noqa: E402
+
+H, HEADS, FFN, LAYERS, SRC_VOCAB, TGT_VOCAB = 384, 12, 1536, 6, 30522, 16000
+
+
+def ours(device):
+    from nmt.bert import BertConfig
+    cfg = BertConfig(vocab_size=SRC_VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                     intermediate_size=FFN, max_position_embeddings=512)
+    model = build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
+
+    def run(src, mask, beam, tgt_len):
+        if beam == 1:
+            return greedy_search(model, src, mask, max_len_a=0, max_len_b=tgt_len, min_len=tgt_len)
+        return beam_search(model, src, mask, beam_size=beam, max_len_a=0, max_len_b=tgt_len, min_len=tgt_len)
+    return run
+
+
+def hf_bart(device):
+    from transformers import BartConfig, BartForConditionalGeneration
+    cfg = BartConfig(vocab_size=TGT_VOCAB, d_model=H, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                     encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
+                     decoder_ffn_dim=FFN, max_position_embeddings=512, pad_token_id=0, bos_token_id=1,
+                     eos_token_id=2, decoder_start_token_id=1, forced_bos_token_id=None, forced_eos_token_id=None,
+                     dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(cfg).to(device).eval()
+
+    def run(src, mask, beam, tgt_len):
+        with torch.no_grad():
+            return model.generate(input_ids=src.clamp(max=TGT_VOCAB - 1), attention_mask=mask.long(),
+                                  num_beams=beam, do_sample=False, min_new_tokens=tgt_len + 1,
+                                  max_new_tokens=tgt_len + 1, length_penalty=1.0, early_stopping=False)
+    return run, model
+
+
+def ctranslate2_bart(hf_model, device):
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        return None, "ctranslate2 is not installed (pip install ctranslate2): skipped"
+    out = Path(tempfile.mkdtemp()) / "ct2"
+    src_dir = out.with_name("hf")
+    hf_model.config.normalize_before = False      # older converters read this BART field; 5.x configs lack it
+    hf_model.save_pretrained(src_dir)
+    from tokenizers import Tokenizer, models          # the converter needs a vocabulary: ids as words
+    from transformers import PreTrainedTokenizerFast
+    words = Tokenizer(models.WordLevel({str(i): i for i in range(TGT_VOCAB)}, unk_token="3"))
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="3", pad_token="0", bos_token="1",
+                            eos_token="2").save_pretrained(src_dir)
+    try:
+        TransformersConverter(str(src_dir)).convert(str(out), force=True)
+    except Exception as e:   # noqa: BLE001 -- converter support varies by version
+        return None, f"ctranslate2 could not convert the BART model ({type(e).__name__}: {e}): skipped"
+    translator = ctranslate2.Translator(str(out), device="cuda" if device.type == "cuda" else "cpu",
+                                        inter_threads=1, intra_threads=torch.get_num_threads())
+
+    def run(src, mask, beam, tgt_len):
+        tokens = [[str(int(t)) for t, m in zip(row, mrow) if m]
+                  for row, mrow in zip(src.clamp(max=TGT_VOCAB - 1).tolist(), mask.tolist())]
+        return translator.translate_batch(tokens, beam_size=beam, max_batch_size=len(tokens),
+                                          min_decoding_length=tgt_len + 1, max_decoding_length=tgt_len + 1,
+                                          length_penalty=1.0, return_scores=False)
+    return run, None
+
+
+def time_system(run, sources, batch, beam, tgt_len, device):
+    src_all, mask_all = sources
+    run(src_all[:batch], mask_all[:batch], beam, tgt_len)               # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, src_all.size(0), batch):
+        run(src_all[i:i + batch], mask_all[i:i + batch], beam, tgt_len)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sentences", type=int, default=64, help="sentences per batch-64 measurement")
+    p.add_argument("--sentences-batch1", type=int, default=8, help="sentences per batch-1 measurement")
+    p.add_argument("--src-len", type=int, default=20, help="source tokens per sentence")
+    p.add_argument("--tgt-len", type=int, default=20, help="generated tokens per sentence (EOS not counted)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-ctranslate2", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    n = max(args.sentences, args.sentences_batch1)
+    src = torch.randint(5, SRC_VOCAB, (n, args.src_len), generator=g)
+    src[:, 0], src[:, -1] = 101, 102
+    mask = torch.ones_like(src, dtype=torch.bool)
+    sources = (src.to(device), mask.to(device))
+
+    torch.manual_seed(0)
+    systems = {"nmt": ours(device)}
+    hf_run, hf_model = hf_bart(device)
+    systems["hf-generate"] = hf_run
+    if not args.no_ctranslate2:
+        ct2_run, note = ctranslate2_bart(hf_model, device)
+        if ct2_run is None:
+            print(note)
+        else:
+            systems["ctranslate2"] = ct2_run
+    print(f"device {device}, threads {torch.get_num_threads()}, src {args.src_len} tokens, "
+          f"output {args.tgt_len} tokens + EOS, H {H}, {LAYERS}+{LAYERS} layers, target vocab {TGT_VOCAB}")
+    print(f"{'beam':>4} {'batch':>5} {'system':>12} {'sent/s':>9} {'tok/s':>9} {'nmt speed-up':>13}")
+    for beam in (10, 1):
+        for batch in (1, 64):
+            count = args.sentences_batch1 if batch == 1 else args.sentences
+            sub = (sources[0][:count], sources[1][:count])
+            times = {name: time_system(run, sub, batch, beam, args.tgt_len, device) for name, run in systems.items()}
+            for name, t in times.items():
+                ratio = "" if name == "nmt" else f"{t / times['nmt']:.2f}x"
+                print(f"{beam:>4} {batch:>5} {name:>12} {count / t:>9.2f} {count * args.tgt_len / t:>9.1f} {ratio:>13}",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
