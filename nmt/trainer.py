@@ -1,0 +1,481 @@
+"""The training loop: stages, epochs, dev evaluation, early stopping, checkpoints, resume.
+
+:func:`setup` turns a :class:`~nmt.config.TrainConfig` into a ready :class:`Trainer` (data, model,
+BERT weights or the stage-1 checkpoint, or the checkpoint to resume); :meth:`Trainer.fit` trains.
+
+Stages (see docs/design.md and the paper):
+
+- ``decoder`` (stage 1): BERT frozen -- ``requires_grad_(False)``, kept in eval mode, run under
+  ``no_grad`` -- and the optimizer holds only decoder parameters. Because the frozen encoder's
+  outputs never change, they are computed once (nmt/encoder_cache.py) unless ``--encoder-cache off``.
+- ``finetune`` (stage 2): starts from the stage-1 best checkpoint, everything trainable, dropout on
+  both sides, a NEW Adam over all parameters, LR 8e-5.
+- ``direct``: BERT + a fresh decoder trained end to end (the paper's failing baseline).
+- ``scratch``: the Transformer baselines.
+
+Per epoch: the shuffled length-bucketed batches of this process's shard, one tqdm bar, a dev
+evaluation (loss and perplexity from the NLL, in nats), ``checkpoint_last.pt`` and, when the dev
+loss improved, ``checkpoint_best.pt``; training stops after ``patience`` epochs without improvement.
+Everything that writes files or prints goes through ``master_process`` (always True until
+distributed training is added; batches for a shard come from :meth:`Trainer.epoch_batches`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, CheckpointError, load_checkpoint, rng_state,
+                            save_checkpoint, set_rng_state, stage_dir)
+from nmt.config import DEMO_BPE_MERGES, TrainConfig, default_run_dir, demo_data_dir
+from nmt.data import DataError, ParallelData, collate, make_batches, read_meta
+from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
+from nmt.loss import label_smoothed_nll_loss, perplexity
+from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
+from nmt.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
+from nmt.text import SourcePipeline, TargetPipeline
+
+
+class TrainingError(ValueError):
+    """Training cannot start or continue (bad data, missing checkpoint, mismatched vocabularies, NaN)."""
+
+
+@dataclass
+class Totals:
+    """Sums over batches; per-token values are sums / tokens."""
+    loss: float = 0.0           # label-smoothed loss, nats
+    nll: float = 0.0            # negative log-likelihood, nats
+    tokens: int = 0             # real target tokens (with EOS)
+    sentences: int = 0
+
+    def add(self, loss: float, nll: float, tokens: int, sentences: int) -> None:
+        self.loss += loss
+        self.nll += nll
+        self.tokens += tokens
+        self.sentences += sentences
+
+    def summary(self) -> dict:
+        t = max(self.tokens, 1)
+        return {"loss": self.loss / t, "nll": self.nll / t, "ppl": perplexity(self.nll, self.tokens),
+                "tokens": self.tokens, "sentences": self.sentences}
+
+
+# ----------------------------------------------------------------------------------------------
+# setup: from a config to a Trainer
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:
+    """The prepared data directory (the demo is prepared once into checkpoints/data/), train and valid."""
+    if cfg.data is None:
+        from tools.prepare_data import prepare_demo     # the demo corpus is prepared on first use
+        directory = demo_data_dir(cfg.pair, cfg.arch)
+        prepare_demo(directory, cfg.pair, bert=cfg.bert, bpe_merges=DEMO_BPE_MERGES,
+                     source_bpe=cfg.arch != "bert", reuse=True, print_fn=print_fn)
+    else:
+        directory = Path(cfg.data)
+    splits = read_meta(directory).get("splits", {})
+    if "valid" not in splits:
+        raise TrainingError(f"{directory}: no dev set (split 'valid'; has {', '.join(sorted(splits)) or 'none'}); "
+                            f"early stopping needs one: prepare the data with tools/prepare_data.py --valid-prefix")
+    train, valid = ParallelData(directory, "train"), ParallelData(directory, "valid")
+    for data in (train, valid):
+        if len(data) == 0:
+            raise TrainingError(f"{directory}: the {data.split!r} split is empty (0 sentence pairs); check the "
+                                f"input files given to tools/prepare_data.py")
+    return directory, train, valid
+
+
+def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,
+                       data_dir: Path) -> None:
+    """A checkpoint can only continue on data encoded with the same source and target vocabularies."""
+    for side, pipeline in (("source", source), ("target", target)):
+        theirs = list(ckpt[side].get("vocab", []))
+        ours = list(pipeline.vocab_tokens if side == "source" else pipeline.vocab.symbols)
+        if theirs != ours:
+            diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+            raise TrainingError(f"{ckpt_path}: its {side} vocabulary ({len(theirs)} entries) differs from the data's in "
+                                f"{data_dir} ({len(ours)} entries; first difference at id {diff}); use the data "
+                                f"directory the checkpoint was trained on")
+
+
+def _load_bert_for(cfg: TrainConfig, source: SourcePipeline, data_dir: Path, print_fn) -> tuple:
+    from nmt.pretrained import ensure_default_bert, load_bert
+    path = Path(cfg.bert) if cfg.bert else ensure_default_bert(print_fn=print_fn)
+    encoder, tokenizer = load_bert(path)
+    if source.kind != "wordpiece" or list(tokenizer.vocab_tokens) != source.vocab_tokens:
+        raise TrainingError(f"{data_dir}: the data's source side was not encoded with the WordPiece vocabulary of "
+                            f"{path}; prepare the data with this BERT (tools/prepare_data.py --bert {path})")
+    return encoder, path
+
+
+def build_new_model(cfg: TrainConfig, source: SourcePipeline, target: TargetPipeline, data_dir: Path,
+                    print_fn) -> tuple[Seq2Seq, ModelSpec]:
+    """Stage decoder/direct: BERT weights + a fresh decoder; stage scratch: a fresh baseline."""
+    if cfg.arch == "bert":
+        encoder, path = _load_bert_for(cfg, source, data_dir, print_fn)
+        bert_config = encoder.config.to_dict()
+        if cfg.encoder_dropout is not None:
+            bert_config["hidden_dropout_prob"] = cfg.encoder_dropout
+        spec = ModelSpec.bert(bert_config, tgt_vocab_size=len(target.vocab), src_pad_id=source.pad_id,
+                              dropout=cfg.dropout, num_layers=cfg.decoder_layers)
+        model = build_model(spec)
+        weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+        model.encoder.load_state_dict(weights, strict=True)
+        print_fn(f"encoder: BERT from {path}")
+    else:
+        spec = ModelSpec.transformer(cfg.arch, src_vocab_size=len(source.vocab_tokens),
+                                     tgt_vocab_size=len(target.vocab), src_pad_id=source.pad_id, dropout=cfg.dropout)
+        model = build_model(spec)
+    return model, spec
+
+
+def model_from_checkpoint(ckpt: dict, cfg: TrainConfig | None = None) -> tuple[Seq2Seq, ModelSpec]:
+    spec = ModelSpec.from_dict(ckpt["model_spec"])
+    if cfg is not None and cfg.stage == "finetune" and spec.bert_config and cfg.encoder_dropout is not None:
+        spec.bert_config = {**spec.bert_config, "hidden_dropout_prob": cfg.encoder_dropout}
+    model = build_model(spec)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model, spec
+
+
+def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_process: bool = True) -> "Trainer":
+    """Validate the config, open the data, build the model for the stage (or load the resume point)."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    run_dir = default_run_dir(cfg)
+    out_dir = stage_dir(run_dir, cfg.stage)
+    data_dir, train, valid = open_data(cfg, print_fn)
+    source = SourcePipeline.from_dict(train.source_config, what=str(data_dir / "source.json"))
+    target = TargetPipeline.from_dict(train.target_config, what=str(data_dir / "target.json"))
+    torch.manual_seed(cfg.seed)
+    resume_state = None
+    if cfg.resume:
+        path = out_dir / "checkpoint_last.pt"
+        if not path.is_file():
+            raise TrainingError(f"{path}: nothing to resume (no checkpoint_last.pt for stage {cfg.stage!r}); "
+                                f"drop --resume to start this stage")
+        resume_state = load_checkpoint(path, required=REQUIRED_FOR_RESUME)
+        if resume_state["stage"] != cfg.stage:
+            raise TrainingError(f"{path}: a {resume_state['stage']!r} checkpoint, but --stage is {cfg.stage!r}")
+        check_vocabularies(resume_state, source, target, path, data_dir)
+        model, spec = model_from_checkpoint(resume_state, cfg)
+        print_fn(f"resuming from {path} (step {resume_state['step']}, epoch {resume_state['epoch'] + 1}, "
+                 f"batch {resume_state['batch_in_epoch']})")
+    elif cfg.stage == "finetune":
+        path = Path(cfg.init) if cfg.init else stage_dir(run_dir, "decoder") / "checkpoint_best.pt"
+        if not path.is_file():
+            raise TrainingError(f"{path}: no stage-1 checkpoint to fine-tune; train stage 1 first "
+                                f"(train.py --stage decoder) or pass --init PATH")
+        init = load_checkpoint(path)
+        check_vocabularies(init, source, target, path, data_dir)
+        model, spec = model_from_checkpoint(init, cfg)
+        if spec.arch != "bert":
+            raise TrainingError(f"{path}: a {spec.arch} model; --stage finetune needs a BERT stage-1 checkpoint")
+        print_fn(f"fine-tuning from {path}")
+    else:
+        model, spec = build_new_model(cfg, source, target, data_dir, print_fn)
+    model.set_stage(cfg.stage)
+    return Trainer(cfg, model, spec, source, target, train, valid, out_dir, device=device, print_fn=print_fn,
+                   master_process=master_process, resume_state=resume_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model: Seq2Seq, spec: ModelSpec, source: SourcePipeline,
+                 target: TargetPipeline, train: ParallelData, valid: ParallelData, out_dir: Path, *,
+                 device: torch.device | str = "cpu", print_fn: Callable[[str], None] = print,
+                 master_process: bool = True, rank: int = 0, world_size: int = 1, resume_state: dict | None = None):
+        self.cfg, self.spec, self.source, self.target = cfg, spec, source, target
+        self.train_data, self.valid_data, self.out_dir = train, valid, Path(out_dir)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.master_process, self.rank, self.world_size = master_process, rank, world_size
+        self._print = print_fn
+        self.src_pad_id = source.pad_id
+        self.peak_lr = cfg.peak_lr()
+        self.batches_per_epoch = len(self.epoch_batches(0))
+        if self.batches_per_epoch == 0:
+            raise TrainingError(f"{train.directory}: no training batches for shard {rank} of {world_size}")
+        if cfg.warmup_steps is not None:
+            self.warmup_steps = cfg.warmup_steps
+        else:
+            epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else warmup_epochs_for(self.peak_lr)
+            self.warmup_steps = warmup_steps_from_epochs(epochs, self.batches_per_epoch)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.stage == "decoder":
+            assert not any(p.requires_grad for p in self.model.encoder.parameters()), "stage 1: encoder must be frozen"
+        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                          weight_decay=cfg.weight_decay)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0     # updates done; epoch in progress; its batches done
+        self.best_dev_loss: float | None = None
+        self.bad_epochs = 0
+        self.cache: EncoderCache | None = None
+        self._cache_file: Path | None = None
+        self._stop_requested = False
+        amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.amp)
+        self.autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp and self.device.type == "cuda" \
+            else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "float16" and self.device.type == "cuda" else None
+        if resume_state is not None:
+            self.load_state(resume_state)
+
+    # -- output, gated on master_process
+    def print(self, msg: str) -> None:
+        if self.master_process:
+            self._print(msg)
+
+    def log_metrics(self, record: dict) -> None:
+        if self.master_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    # -- data
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """This shard's batches (pair-index arrays) for an epoch: the one place batches are made."""
+        return make_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
+                            max_sentences=self.cfg.max_sentences, max_tokens=self.cfg.max_tokens,
+                            seed=self.cfg.seed, epoch=epoch, num_shards=self.world_size, shard=self.rank)
+
+    def valid_batches(self) -> list[np.ndarray]:
+        return make_batches(self.valid_data.src_lengths, self.valid_data.tgt_lengths,
+                            max_sentences=self.cfg.max_sentences, max_tokens=self.cfg.max_tokens, seed=0, epoch=0)
+
+    # -- state
+    def state_dict(self) -> dict:
+        return {"format": FORMAT, "stage": self.cfg.stage, "model_spec": self.spec.to_dict(),
+                "model": self.model.state_dict(), "source": self.source.to_dict(), "target": self.target.to_dict(),
+                "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "best_dev_loss": self.best_dev_loss, "bad_epochs": self.bad_epochs, "rng": rng_state()}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint_last.pt (the model weights are already loaded)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        self.best_dev_loss, self.bad_epochs = state["best_dev_loss"], int(state["bad_epochs"])
+        if self.cfg.warmup_steps is None and self.cfg.warmup_epochs is None:
+            self.warmup_steps = int(state["schedule"]["warmup_steps"])    # same schedule as before the break
+        set_rng_state(state["rng"])
+
+    def save(self, name: str) -> Path:
+        path = self.out_dir / name
+        if self.master_process:
+            save_checkpoint(path, self.state_dict())
+        return path
+
+    # -- encoder cache
+    def maybe_build_cache(self) -> None:
+        if self.cfg.stage != "decoder":
+            return
+        cfg = self.cfg
+        hidden = self.model.encoder.config.hidden_size
+        nbytes = EncoderCache.size_bytes(self.train_data, hidden, cfg.cache_dtype)
+        self._cache_file = self.out_dir / f"encoder_cache.{cfg.cache_dtype}.npy"
+        where, reason = plan_cache(cfg.encoder_cache, nbytes, cfg.cache_max_gb * 2**30, self.out_dir)
+        tokens = int(self.train_data.src_lengths.sum())
+        self.print(f"encoder cache: {tokens:,} source tokens x {hidden} x "
+                   f"{np.dtype(cfg.cache_dtype).itemsize} bytes ({cfg.cache_dtype}) = {reason}")
+        if where == "off":
+            return
+        self.cache = EncoderCache.build(self.model, self.train_data, self.src_pad_id, dtype=cfg.cache_dtype,
+                                        path=self._cache_file if where == "disk" else None, device=self.device,
+                                        print_fn=self.print)
+
+    # -- one step and the dev set
+    def forward_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_sum, nll_sum) of a collated batch on this device."""
+        encoder_out = None
+        if self.cache is not None and self.model.training:
+            encoder_out = self.cache.gather(batch.indices, batch.src_mask).to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = self.model(batch.src_ids, batch.src_mask, batch.prev_tokens, encoder_out=encoder_out)
+        return label_smoothed_nll_loss(logits, batch.target, epsilon=self.cfg.label_smoothing)
+
+    def train_step(self, batch) -> tuple[float, float, float]:
+        """One update; returns (loss_sum, nll_sum, lr). Raises TrainingError on a non-finite loss."""
+        self.model.train()
+        loss_sum, nll_sum = self.forward_loss(batch)
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"non-finite training loss ({loss_value}) at update {self.step + 1} (epoch "
+                                f"{self.epoch + 1}, batch {self.batch_in_epoch + 1}); nothing was saved from this "
+                                f"point; {self.out_dir / 'checkpoint_last.pt'} is the last good state. Try a lower "
+                                f"--lr, --clip-norm 1, or --amp off")
+        lr = get_lr(self.step + 1, peak_lr=self.peak_lr, warmup_steps=self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_sum / batch.num_tokens
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.cfg.clip_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return loss_value, nll_sum.item(), lr
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Dev loss and perplexity (nats; ppl = exp(NLL per token)) with dropout off."""
+        self.model.eval()
+        totals = Totals()
+        for idx in self.valid_batches():
+            batch = collate(self.valid_data, idx, self.src_pad_id).to(self.device)
+            loss_sum, nll_sum = self.forward_loss(batch)
+            totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
+        return totals.summary()
+
+    # -- Ctrl-C
+    def request_stop(self) -> None:
+        """Finish the current update, save checkpoint_last.pt and return from fit()."""
+        self._stop_requested = True
+
+    @contextlib.contextmanager
+    def _sigint_saves(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self.print("\ninterrupted: finishing this update, then saving checkpoint_last.pt (Ctrl-C again to abort)")
+            self.request_stop()
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- the loop
+    def fit(self) -> str:
+        """Train until early stopping, --max-epochs or --max-steps; returns why it stopped:
+        "converged" | "max_epochs" | "max_steps" | "interrupted"."""
+        cfg = self.cfg
+        counts = count_parameters(self.model)
+        self.print(format_parameter_counts(counts))
+        self.print(f"stage {cfg.stage}: {len(self.train_data):,} training pairs in {self.batches_per_epoch} batches "
+                   f"per epoch, {len(self.valid_data):,} dev pairs; peak LR {self.peak_lr:g}, warm-up "
+                   f"{self.warmup_steps} updates; device {self.device}; writing to {self.out_dir}")
+        if cfg.stage == "decoder":
+            frozen = counts["encoder"]["frozen"]
+            self.print(f"frozen encoder: {frozen:,} parameters, saving {12 * frozen / 2**20:.0f} MiB of gradients "
+                       f"+ Adam state (12 bytes per parameter)")
+        if self.step == 0:
+            self.log_metrics({"event": "start", "config": cfg.to_dict(), "parameters": counts,
+                              "warmup_steps": self.warmup_steps, "batches_per_epoch": self.batches_per_epoch})
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return "max_steps"
+        self.maybe_build_cache()
+        try:
+            with self._sigint_saves():
+                return self._loop()
+        finally:
+            if self.cache is not None and self._cache_file is not None and self.cache.values.__class__ is np.memmap:
+                self.cache = None
+                remove_cache_file(self._cache_file)
+
+    def _loop(self) -> str:
+        cfg = self.cfg
+        while self.epoch < cfg.max_epochs:
+            batches = self.epoch_batches(self.epoch)
+            totals = Totals()
+            bar = self._progress_bar(len(batches))
+            t0, tokens_since = time.time(), 0
+            while self.batch_in_epoch < len(batches):
+                batch = collate(self.train_data, batches[self.batch_in_epoch], self.src_pad_id).to(self.device)
+                loss_sum, nll_sum, lr = self.train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                totals.add(loss_sum, nll_sum, batch.num_tokens, len(batch))
+                tokens_since += batch.num_tokens
+                if bar is not None:
+                    s = totals.summary()
+                    bar.set_postfix(loss=f"{s['loss']:.3f}", ppl=f"{s['ppl']:.1f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{tokens_since / max(time.time() - t0, 1e-9):.0f}", refresh=False)
+                    bar.update(1)
+                if self.step % 100 == 0:
+                    self.log_metrics({"event": "train", "step": self.step, "epoch": self.epoch + 1, "lr": lr,
+                                      **totals.summary()})
+                if self._stop_requested or (cfg.max_steps is not None and self.step >= cfg.max_steps):
+                    if bar is not None:
+                        bar.close()
+                    path = self.save("checkpoint_last.pt")
+                    why = "interrupted" if self._stop_requested else "max_steps"
+                    self.log_metrics({"event": why, "step": self.step, "epoch": self.epoch + 1})
+                    self.print(f"{why}: saved {path} at update {self.step}; continue with --resume")
+                    return why
+            if bar is not None:
+                bar.close()
+            elapsed = time.time() - t0
+            train_stats = totals.summary()
+            dev = self.evaluate()
+            if not math.isfinite(dev["loss"]):
+                raise TrainingError(f"non-finite dev loss ({dev['loss']}) after epoch {self.epoch + 1}; nothing saved "
+                                    f"for this epoch. Try a lower --lr or --clip-norm 1")
+            improved = self.best_dev_loss is None or dev["loss"] < self.best_dev_loss
+            if improved:
+                self.best_dev_loss, self.bad_epochs = dev["loss"], 0
+            else:
+                self.bad_epochs += 1
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            last = self.save("checkpoint_last.pt")
+            if improved and self.master_process:
+                _atomic_copy(last, self.out_dir / "checkpoint_best.pt")
+            self.log_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, "seconds": round(elapsed, 2),
+                              "train": train_stats, "dev": dev, "best_dev_loss": self.best_dev_loss,
+                              "improved": improved})
+            self.print(f"epoch {self.epoch}: train loss {train_stats['loss']:.3f} ppl {train_stats['ppl']:.2f} | "
+                       f"dev loss {dev['loss']:.3f} ppl {dev['ppl']:.2f}{' (best)' if improved else ''} | "
+                       f"{train_stats['tokens'] / max(elapsed, 1e-9):.0f} tok/s, {elapsed:.0f} s")
+            if self.bad_epochs >= cfg.patience:
+                self.print(f"early stop: no dev improvement for {cfg.patience} epochs; best dev loss "
+                           f"{self.best_dev_loss:.3f} in {self.out_dir / 'checkpoint_best.pt'}")
+                return "converged"
+        self.print(f"reached --max-epochs {cfg.max_epochs}; best dev loss {self.best_dev_loss:.3f}")
+        return "max_epochs"
+
+    def _progress_bar(self, total: int):
+        if not (self.cfg.progress and self.master_process):
+            return None
+        from tqdm import tqdm
+        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", unit="batch",
+                    dynamic_ncols=True, leave=False)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)

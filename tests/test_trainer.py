@@ -1,0 +1,295 @@
+"""Training on real (tiny) data: stages, encoder cache, resume, Ctrl-C, NaN and bad input."""
+import dataclasses
+import gzip
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train as train_cli
+from nmt.bert import BertConfig, BertEncoder
+from nmt.checkpoint import load_checkpoint
+from nmt.config import TrainConfig
+from nmt.data import SplitWriter, collate
+from nmt.pretrained import NativeBert, save_native
+from nmt.trainer import TrainingError, setup
+from nmt.wordpiece import WordPieceTokenizer, default_vocab_path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo" / "en-de"
+
+
+def _short_pairs(split: str, n: int, max_words: int = 7) -> list[tuple[str, str]]:
+    with gzip.open(DEMO / f"{split}.en.gz", "rt", encoding="utf-8") as fe, \
+            gzip.open(DEMO / f"{split}.de.gz", "rt", encoding="utf-8") as fd:
+        pairs = [(e.strip(), d.strip()) for e, d in zip(fe, fd)]
+    return [p for p in pairs if len(p[0].split()) <= max_words and len(p[1].split()) <= max_words][:n]
+
+
+def _write_split(directory: Path, name: str, pairs) -> None:
+    (directory / f"{name}.en").write_text("".join(e + "\n" for e, _ in pairs), encoding="utf-8")
+    (directory / f"{name}.de").write_text("".join(d + "\n" for _, d in pairs), encoding="utf-8")
+
+
+def _prepare(out: Path, raw: Path, train_pairs, dev_pairs, bpe_merges=150) -> Path:
+    from tools.prepare_data import prepare
+    raw.mkdir(parents=True, exist_ok=True)
+    _write_split(raw, "train", train_pairs)
+    if dev_pairs is not None:
+        _write_split(raw, "dev", dev_pairs)
+    prepare(out, train_prefix=raw / "train", valid_prefix=raw / "dev" if dev_pairs is not None else None,
+            src="en", tgt="de", target_mode="tokenized", bert=default_vocab_path(), bpe_merges=bpe_merges,
+            print_fn=lambda *_: None)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests share 2 cores with everything else: one torch thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> dict:
+    """A prepared data directory (40 real short En-De pairs, 12 dev) and a tiny random BERT (real vocab)."""
+    base = tmp_path_factory.mktemp("trainer")
+    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    encoder = BertEncoder(config)
+    bert = base / "tiny_bert.pt"
+    save_native(NativeBert(config, encoder.state_dict(), vocab, True, "tiny random BERT"), bert)
+    train_pairs, dev_pairs = _short_pairs("train", 40), _short_pairs("dev", 12)
+    data = _prepare(base / "data", base / "raw", train_pairs, dev_pairs)
+    return {"base": base, "bert": bert, "data": data, "train_pairs": train_pairs, "dev_pairs": dev_pairs}
+
+
+def make_cfg(work, run_dir, **kw) -> TrainConfig:
+    base = dict(data=str(work["data"]), bert=str(work["bert"]), run_dir=str(run_dir), decoder_layers=1,
+                max_sentences=8, lr=2e-3, warmup_steps=4, dropout=0.1, progress=False, device="cpu",
+                encoder_cache="off")
+    return dataclasses.replace(TrainConfig(), **{**base, **kw})
+
+
+def quiet(*_):
+    pass
+
+
+def encoder_tensors(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+
+
+def test_tiny_model_overfits_real_pairs(work, tmp_path):
+    """8 real sentence pairs in one batch: the NLL goes from chance to near zero."""
+    cfg = make_cfg(work, tmp_path, stage="direct", label_smoothing=0.0, lr=3e-3, warmup_steps=50, dropout=0.0,
+                   encoder_dropout=0.0)
+    trainer = setup(cfg, print_fn=quiet)
+    batch = collate(trainer.train_data, np.arange(8), trainer.src_pad_id)
+    first = None
+    for _ in range(150):
+        loss_sum, nll_sum, _ = trainer.train_step(batch)
+        trainer.step += 1
+        first = first if first is not None else nll_sum / batch.num_tokens
+    trainer.model.eval()
+    with torch.no_grad():
+        _, nll_sum = trainer.forward_loss(batch)
+    assert first > 4.0
+    assert nll_sum.item() / batch.num_tokens < 0.05          # per-token NLL in nats: memorised
+
+
+def test_stage1_freezes_the_encoder_and_stage2_unfreezes_it(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_steps=3), print_fn=quiet)
+    model = trainer.model
+    before = encoder_tensors(model)
+    opt_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in model.decoder.parameters()}
+    assert trainer.fit() == "max_steps"
+    assert model.training and not model.encoder.training
+    assert all(not m.training for m in model.encoder.modules())            # every dropout in it is off
+    assert all(p.grad is None and not p.requires_grad for p in model.encoder.parameters())
+    assert any(p.grad is not None for p in model.decoder.parameters())
+    after = encoder_tensors(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)           # bit-identical
+    batch = collate(trainer.train_data, [0, 1, 2], trainer.src_pad_id)
+    out1, out2 = model.encode(batch.src_ids, batch.src_mask), model.encode(batch.src_ids, batch.src_mask)
+    assert torch.equal(out1, out2) and not out1.requires_grad
+
+    # stage 2 from the stage-1 checkpoint: everything trains, dropout on both sides, new optimizer
+    ft = setup(make_cfg(work, tmp_path, stage="finetune", init=str(tmp_path / "decoder" / "checkpoint_last.pt"),
+                        encoder_dropout=0.1, max_steps=3), print_fn=quiet)
+    ft_before = encoder_tensors(ft.model)
+    assert all(torch.equal(ft_before[k], after[k]) for k in after)         # starts from stage 1's weights
+    assert ft.peak_lr == 2e-3 and ft.optimizer.state == {}
+    assert len(ft.optimizer.param_groups[0]["params"]) == len(list(ft.model.parameters()))
+    ft.fit()
+    assert ft.model.encoder.training
+    changed = [k for k, v in encoder_tensors(ft.model).items() if not torch.equal(v, ft_before[k])]
+    assert "embeddings.word.weight" in changed and len(changed) > 10
+
+
+def test_cached_stage1_matches_uncached(work, tmp_path):
+    losses = {}
+    for mode in ("off", "memory"):
+        trainer = setup(make_cfg(work, tmp_path / mode, stage="decoder", encoder_cache=mode, cache_dtype="float32",
+                                 max_steps=4), print_fn=quiet)
+        trainer.maybe_build_cache()
+        assert (trainer.cache is not None) == (mode == "memory")
+        seen = []
+        step = trainer.train_step
+        trainer.train_step = lambda batch: seen.append(step(batch)[0] / batch.num_tokens) or (seen[-1], 0.0, 0.0)
+        trainer.maybe_build_cache = lambda: None
+        trainer.fit()
+        losses[mode] = seen
+    assert len(losses["off"]) == 4
+    for a, b in zip(losses["off"], losses["memory"]):
+        assert abs(a - b) < 1e-5
+    # (parameters are not compared: Adam divides by sqrt(v), so 1e-7 gradient noise on near-zero
+    # gradients moves a weight by up to lr; the losses over 4 updates are the contract)
+
+
+def test_resume_continues_exactly(work, tmp_path):
+    # 5 batches per epoch: 8 updates cross an epoch end (dev evaluation, checkpoints) in both runs
+    n = 8
+    straight = setup(make_cfg(work, tmp_path / "a", stage="direct", max_steps=n, encoder_dropout=0.1), print_fn=quiet)
+    straight.fit()
+    first = setup(make_cfg(work, tmp_path / "b", stage="direct", max_steps=n // 2 - 1, encoder_dropout=0.1),
+                  print_fn=quiet)
+    first.fit()
+    del first
+    torch.manual_seed(12345)                        # resuming must not depend on the global RNG state
+    second = setup(make_cfg(work, tmp_path / "b", stage="direct", max_steps=n, encoder_dropout=0.1, resume=True),
+                   print_fn=quiet)
+    assert second.step == n // 2 - 1
+    second.fit()
+    assert second.step == straight.step == n and second.epoch == straight.epoch
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    ckpt = torch.load(tmp_path / "b" / "direct" / "checkpoint_last.pt", weights_only=True)
+    assert ckpt["step"] == n and ckpt["batch_in_epoch"] == n - 5
+    records = [json.loads(line) for line in (tmp_path / "a" / "direct" / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in records if r["event"] == "epoch")
+    assert epoch["dev"]["ppl"] == pytest.approx(2.718281828 ** epoch["dev"]["nll"], rel=1e-6)
+
+
+def test_checkpoint_is_self_contained_and_best_is_written(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=1), print_fn=quiet)
+    assert trainer.fit() == "max_epochs"
+    best = tmp_path / "decoder" / "checkpoint_best.pt"
+    ckpt = load_checkpoint(best)
+    assert ckpt["stage"] == "decoder" and ckpt["epoch"] == 1 and ckpt["batch_in_epoch"] == 0
+    assert ckpt["target"]["vocab"] == trainer.target.vocab.symbols
+    assert ckpt["best_dev_loss"] == pytest.approx(trainer.best_dev_loss)
+    assert not list(tmp_path.glob("**/*.tmp*")) and not list(tmp_path.glob("**/encoder_cache*"))
+
+
+def test_ctrl_c_saves_last_and_stops(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_steps=100), print_fn=quiet)
+    step = trainer.train_step
+
+    def interrupted_step(batch):
+        out = step(batch)
+        if trainer.step == 1:                       # the second update: Ctrl-C arrives during it
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    trainer.train_step = interrupted_step
+    assert trainer.fit() == "interrupted"
+    assert load_checkpoint(tmp_path / "decoder" / "checkpoint_last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nan_loss_stops_with_a_message_and_saves_nothing(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_steps=5), print_fn=quiet)
+    with torch.no_grad():
+        trainer.model.decoder.output_projection.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite training loss"):
+        trainer.fit()
+    assert not (tmp_path / "decoder" / "checkpoint_last.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    code = train_cli.main([*args, "--no-progress", "--device", "cpu"])
+    return code, capsys.readouterr().err
+
+
+def test_unknown_stage_and_arch(work, tmp_path, capsys):
+    code, err = run_cli(["--data", str(work["data"]), "--stage", "decode"], capsys)
+    assert code == 2 and "error: unknown --stage 'decode'; expected one of decoder, finetune" in err
+    code, err = run_cli(["--data", str(work["data"]), "--arch", "lstm"], capsys)
+    assert code == 2 and "error: unknown --arch 'lstm'" in err
+    code, err = run_cli(["--data", str(work["data"]), "--arch", "transformer-base", "--stage", "finetune"], capsys)
+    assert code == 2 and "does not go with --arch transformer-base" in err
+
+
+def test_finetune_without_stage1_checkpoint(work, tmp_path, capsys):
+    code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--stage", "finetune",
+                         "--run-dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert f"error: {tmp_path / 'decoder' / 'checkpoint_best.pt'}: no stage-1 checkpoint to fine-tune" in err
+
+
+def test_vocabularies_that_do_not_match_the_checkpoint(work, tmp_path, capsys):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_steps=1), print_fn=quiet)
+    trainer.fit()
+    other = _prepare(tmp_path / "other", tmp_path / "raw_other", work["train_pairs"], work["dev_pairs"], bpe_merges=60)
+    code, err = run_cli(["--data", str(other), "--bert", str(work["bert"]), "--stage", "finetune",
+                         "--init", str(tmp_path / "decoder" / "checkpoint_last.pt")], capsys)
+    assert code == 2 and "checkpoint_last.pt: its target vocabulary" in err and "differs from the data's" in err
+
+
+def test_empty_training_set(work, tmp_path, capsys):
+    """prepare_data.py refuses an empty corpus; a data directory whose train split is empty anyway
+    (written by hand or by another tool) must still be refused by training, clearly."""
+    data = tmp_path / "empty"
+    shutil.copytree(work["data"], data)
+    writer = SplitWriter(data, "train")
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    meta["splits"]["train"] = writer.close()
+    (data / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    code, err = run_cli(["--data", str(data), "--bert", str(work["bert"]), "--run-dir", str(tmp_path)], capsys)
+    assert code == 2 and "'train' split is empty (0 sentence pairs)" in err
+
+
+def test_missing_dev_set(work, tmp_path, capsys):
+    data = _prepare(tmp_path / "nodev", tmp_path / "raw", work["train_pairs"], None)
+    code, err = run_cli(["--data", str(data), "--bert", str(work["bert"]), "--run-dir", str(tmp_path)], capsys)
+    assert code == 2 and "no dev set (split 'valid'" in err
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    code, err = run_cli(["--data", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "nowhere: data directory not found" in err
+
+
+def test_resume_without_a_checkpoint(work, tmp_path, capsys):
+    code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--run-dir", str(tmp_path),
+                         "--resume"], capsys)
+    assert code == 2 and "nothing to resume" in err
+
+
+@pytest.mark.slow
+def test_real_minilm_stage1_with_cache(work, tmp_path):
+    """The real all-MiniLM-L6-v2 (installed package): frozen, cached stage 1 learns (dev loss drops)."""
+    from nmt.pretrained import ensure_default_bert
+    try:
+        bert = ensure_default_bert(print_fn=quiet)
+    except ValueError as e:
+        pytest.skip(str(e))
+    cfg = make_cfg(work, tmp_path, bert=str(bert), stage="decoder", encoder_cache="auto", max_epochs=3,
+                   decoder_layers=2, lr=1e-3)
+    trainer = setup(cfg, print_fn=quiet)
+    start = trainer.evaluate()["loss"]
+    trainer.fit()
+    assert trainer.cache is None                    # removed at the end (in-memory cache released with it)
+    assert trainer.best_dev_loss < start - 1.0

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Train the paper's system (two stages) or a baseline.
+
+    python train.py                                  # demo En->De, stage 1 (frozen BERT, new decoder)
+    python train.py --stage finetune                 # demo stage 2 from the stage-1 best checkpoint
+    python train.py --pair en-vi                     # the En->Vi demo
+    python train.py --data checkpoints/data/iwslt15-en-vi --stage decoder     # prepared data
+    python train.py --arch transformer-base --data DIR   # a baseline (stage "scratch")
+    python train.py --resume                         # continue checkpoint_last.pt of that stage
+
+Run directory (default ``checkpoints/demo-<pair>`` or ``checkpoints/<data dir name>``): one
+subdirectory per stage with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
+translate.py reads a run directory and picks finetune/, else decoder/ (nmt.checkpoint.best_checkpoint_path).
+Ctrl-C saves checkpoint_last.pt and exits (status 130). Bad input: ``error: ...`` and status 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nmt.config import DEMO_BPE_MERGES, DEMO_PRESET, build_parser, config_from_args, given_options  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    demo = given_options(args).get("data") is None
+    cfg = config_from_args(args, preset=DEMO_PRESET if demo else None)
+    if demo:
+        overridden = [k for k in DEMO_PRESET if k in given_options(args)]
+        preset = ", ".join(f"{k}={v}" for k, v in DEMO_PRESET.items() if k not in overridden)
+        print(f"no --data: training on the embedded demo corpus ({cfg.pair}); demo preset: {preset}, "
+              f"BPE merges {DEMO_BPE_MERGES}" + (f" (overridden by flags: {', '.join(overridden)})" if overridden else ""))
+    try:
+        from nmt.trainer import setup
+        trainer = setup(cfg)
+        why = trainer.fit()
+    except ValueError as e:        # the project's errors (TrainingError, DataError, CheckpointError, ...)
+        if type(e) is ValueError:  # a plain ValueError is a bug: keep its traceback
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 130 if why == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
