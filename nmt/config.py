@@ -47,7 +47,8 @@ class TrainConfig:
     resume: bool = False                   # continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, data position)
     # ---- optimisation (paper, Table 2)
     lr: float | None = None                # peak learning rate; none: 4e-4 (8e-5 for finetune)
-    warmup_epochs: float | None = None     # linear warm-up in epochs; none: 5 at LR 4e-4, scaled by LR/4e-4 (finetune: 1)
+    warmup_epochs: float | None = None     # linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4
+    warmup_reference: float = 5.0          # warm-up epochs at LR 4e-4 that other LRs scale from (paper: 5, so finetune at 8e-5 gets 1)
     warmup_steps: int | None = None        # linear warm-up in updates (overrides --warmup-epochs)
     adam_beta1: float = 0.9                # Adam beta1
     adam_beta2: float = 0.99               # Adam beta2 (paper: 0.99)
@@ -110,6 +111,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if (self.warmup_epochs is not None and self.warmup_epochs < 0) or not self.warmup_reference > 0:
+            raise ConfigError("--warmup-epochs must be >= 0 and --warmup-reference > 0")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
@@ -132,7 +135,7 @@ DEMO_PRESET: dict = {
     "max_sentences": 64,       # small corpus: more, smaller updates per epoch
     "max_epochs": 8,           # stage-1 budget on 2 CPU cores
     "patience": 2,
-    "warmup_epochs": 1.0,      # 5 epochs of warm-up would be most of a short run
+    "warmup_reference": 1.0,   # 1 epoch of warm-up at 4e-4 (0.2 for finetune); 5 would be most of a short run
     "decoder_layers": 3,       # a lighter decoder trains faster on CPU
 }
 DEMO_BPE_MERGES = 8000         # target BPE merges for the demo corpus (the paper's 16K is for 100K+ pairs)

@@ -53,7 +53,7 @@ class EncoderCache:
     @classmethod
     def build(cls, model, data: ParallelData, src_pad_id: int, *, dtype: str = "float16",
               path: Path | None = None, device="cpu", batch_tokens: int = 16384,
-              print_fn: Callable[[str], None] = print) -> "EncoderCache":
+              print_fn: Callable[[str], None] = print, progress: bool = False) -> "EncoderCache":
         """Run ``model.encode`` (eval mode, no grad) over every pair; ``path``: memory-map a file there."""
         hidden = model.encoder.config.hidden_size
         offsets = np.concatenate([[0], np.cumsum(data.src_lengths)]).astype(np.int64)
@@ -67,12 +67,20 @@ class EncoderCache:
         model.encoder.eval()
         t0 = time.time()
         batches = make_batches(data.src_lengths, data.tgt_lengths, max_sentences=1024, max_tokens=batch_tokens)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=int(offsets[-1]), desc="encoder cache", unit="tok", unit_scale=True, leave=False)
         with torch.no_grad():
             for idx in batches:
                 batch = collate(data, idx, src_pad_id)
                 out = model.encoder(batch.src_ids.to(device), batch.src_mask.to(device))      # [B, S, H]
                 rows = out[batch.src_mask.to(device)].float().cpu().numpy()                 # [real tokens, H]
                 values[token_positions(offsets, idx)] = rows.astype(values.dtype, copy=False)
+                if bar is not None:
+                    bar.update(len(rows))
+        if bar is not None:
+            bar.close()
         model.encoder.train(was_training)
         if path is not None:
             values.flush()

@@ -36,9 +36,9 @@ def get_lr(step: int, *, peak_lr: float, warmup_steps: int) -> float:
     return peak_lr * math.sqrt(warmup_steps / step)
 
 
-def warmup_epochs_for(peak_lr: float) -> float:
+def warmup_epochs_for(peak_lr: float, epochs_at_paper_lr: float = PAPER_WARMUP_EPOCHS) -> float:
     """Warm-up epochs that scale with the LR as the paper's did: 5 epochs at 4e-4, 1 at 8e-5."""
-    return PAPER_WARMUP_EPOCHS * peak_lr / PAPER_PEAK_LR
+    return epochs_at_paper_lr * peak_lr / PAPER_PEAK_LR
 
 
 def warmup_steps_from_epochs(epochs: float, batches_per_epoch: int) -> int:

@@ -221,7 +221,8 @@ class Trainer:
         if cfg.warmup_steps is not None:
             self.warmup_steps = cfg.warmup_steps
         else:
-            epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else warmup_epochs_for(self.peak_lr)
+            epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else \
+                warmup_epochs_for(self.peak_lr, cfg.warmup_reference)
             self.warmup_steps = warmup_steps_from_epochs(epochs, self.batches_per_epoch)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.stage == "decoder":
@@ -303,7 +304,7 @@ class Trainer:
             return
         self.cache = EncoderCache.build(self.model, self.train_data, self.src_pad_id, dtype=cfg.cache_dtype,
                                         path=self._cache_file if where == "disk" else None, device=self.device,
-                                        print_fn=self.print)
+                                        print_fn=self.print, progress=cfg.progress and self.master_process)
 
     # -- one step and the dev set
     def forward_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
