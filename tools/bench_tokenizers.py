@@ -16,6 +16,7 @@ cache), "warm" a second pass over the same text with the same tokenizer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import io
 import os
@@ -137,10 +138,14 @@ def bench_bpe(lines: list[str], merges: int, repeats: int) -> None:
 
     text = "\n".join(lines) + "\n"
 
+    codes_text = ""
+
     def subword_learn():
+        nonlocal codes_text
         out = io.StringIO()
-        subword_learn_bpe(io.StringIO(text), out, merges, min_frequency=2)
-        return out.getvalue()
+        with contextlib.redirect_stderr(io.StringIO()):  # silence subword-nmt's progress bar
+            subword_learn_bpe(io.StringIO(text), out, merges, min_frequency=2)
+        codes_text = out.getvalue()
 
     ours_merges = None
 
@@ -150,7 +155,6 @@ def bench_bpe(lines: list[str], merges: int, repeats: int) -> None:
 
     t_ours_learn = best_time(ours_learn, repeats)
     t_sub_learn = best_time(subword_learn, repeats)
-    codes_text = subword_learn()
     with tempfile.TemporaryDirectory() as tmp:
         codes_path = Path(tmp) / "codes"
         write_codes(ours_merges, codes_path)
