@@ -185,7 +185,7 @@ def bleu_from_statistics(stats: np.ndarray) -> np.ndarray:
     zero = matches == 0
     halvings = np.cumsum(zero, axis=-1)                               # k for the k-th zero order
     safe_totals = np.where(totals > 0, totals, 1.0)
-    # percentages, summed logs and the operation order as in sacrebleu, so scores agree to the bit
+    # percentages, summed logs and the operation order as in sacrebleu, so scores agree to an ulp or two
     precision = np.where(zero, 100.0 / (2.0 ** halvings * safe_totals), 100.0 * matches / safe_totals)
     log_precision = np.log(precision)
     log_sum = log_precision[..., 0]
