@@ -45,6 +45,7 @@ class TrainConfig:
     init: str | None = None                # finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt
     run_dir: str | None = None             # run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH for baselines)
     resume: bool = False                   # continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, data position)
+    epoch_checkpoints: str | None = None   # also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" (fine-tuning after N epochs of stage 1, the paper's Table 4)
     # ---- optimisation (paper, Table 2)
     lr: float | None = None                # peak learning rate; none: 4e-4 (8e-5 for finetune)
     warmup_epochs: float | None = None     # linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4
@@ -117,7 +118,20 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
             raise ConfigError("--label-smoothing and --dropout must be in [0, 1)")
+        self.kept_epochs()
         return self
+
+    def kept_epochs(self) -> set[int]:
+        """The epochs listed in --epoch-checkpoints ("1,3" -> {1, 3})."""
+        text = (self.epoch_checkpoints or "").replace(" ", "")
+        try:
+            epochs = {int(x) for x in text.split(",") if x}
+        except ValueError:
+            epochs = {0}
+        if any(e < 1 for e in epochs):
+            raise ConfigError(f"--epoch-checkpoints {self.epoch_checkpoints!r}: expected epoch numbers >= 1 "
+                              f"separated by commas, e.g. 1,3")
+        return epochs
 
     def to_dict(self) -> dict:
         return asdict(self)

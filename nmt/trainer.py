@@ -15,7 +15,8 @@ Stages (see docs/design.md and the paper):
 
 Per epoch: the shuffled length-bucketed batches of this process's shard, one tqdm bar, a dev
 evaluation (loss and perplexity from the NLL, in nats), ``checkpoint_last.pt`` and, when the dev
-loss improved, ``checkpoint_best.pt``; training stops after ``patience`` epochs without improvement.
+loss improved, ``checkpoint_best.pt`` (and ``checkpoint_epochN.pt`` for the epochs listed in
+``--epoch-checkpoints``); training stops after ``patience`` epochs without improvement.
 Everything that writes files or prints goes through ``master_process`` (always True until
 distributed training is added; batches for a shard come from :meth:`Trainer.epoch_batches`).
 """
@@ -455,6 +456,8 @@ class Trainer:
             last = self.save("checkpoint_last.pt")
             if improved and self.master_process:
                 _atomic_copy(last, self.out_dir / "checkpoint_best.pt")
+            if self.epoch in cfg.kept_epochs() and self.master_process:
+                _atomic_copy(last, self.out_dir / f"checkpoint_epoch{self.epoch}.pt")
             self.log_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, "seconds": round(elapsed, 2),
                               "train": train_stats, "dev": dev, "best_dev_loss": self.best_dev_loss,
                               "improved": improved})
