@@ -1,4 +1,5 @@
-"""Evaluation: corpus BLEU and chrF through sacrebleu, and paired bootstrap significance.
+"""Evaluation: corpus BLEU and chrF through sacrebleu, paired bootstrap significance, and the
+perplexity of a checkpoint on a prepared dev split (:func:`checkpoint_perplexity`).
 
 The paper reports case-sensitive BLEU and marks a system (+)/(−) when it is significantly better/
 worse than the baseline at p < 0.05. Two BLEU flavours are useful:
@@ -286,3 +287,48 @@ def paired_bootstrap(hypotheses: Sequence[str], baseline: Sequence[str],
         sentence_statistics(hypotheses, references, tokenize),
         sentence_statistics(baseline, references, tokenize),
         num_samples=num_samples, seed=seed, alpha=alpha)
+
+
+# ----------------------------------------------------------------------------- dev perplexity
+
+def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: str = "valid", *,
+                          device: str = "cpu", max_sentences: int | None = None) -> dict:
+    """Label-smoothed loss, NLL per token and perplexity of a checkpoint on a prepared split.
+
+    The trainer's dev evaluation (nmt/trainer.py ``Trainer.evaluate``): dropout off, the same
+    length-bucketed batches (seed 0) and the checkpoint's own label smoothing; perplexity is
+    exp(NLL per target token, EOS included), so it equals the ``dev.ppl`` the trainer logged for
+    that checkpoint. Returns {"loss", "nll", "ppl", "tokens", "sentences"}.
+    """
+    import torch
+
+    from nmt.checkpoint import load_checkpoint
+    from nmt.data import ParallelData, collate, make_batches, read_meta
+    from nmt.loss import label_smoothed_nll_loss
+    from nmt.text import SourcePipeline, TargetPipeline
+    from nmt.trainer import Totals, check_vocabularies, model_from_checkpoint
+
+    data_dir, checkpoint = Path(data_dir), Path(checkpoint)
+    splits = read_meta(data_dir).get("splits", {})
+    if split not in splits:
+        raise EvaluationError(f"{data_dir}: no split {split!r} (has {', '.join(sorted(splits)) or 'none'}); "
+                              f"prepare it with tools/prepare_data.py (--valid-prefix / --test-prefix)")
+    ckpt = load_checkpoint(checkpoint)
+    data = ParallelData(data_dir, split)
+    source = SourcePipeline.from_dict(data.source_config, what=str(data_dir / "source.json"))
+    target = TargetPipeline.from_dict(data.target_config, what=str(data_dir / "target.json"))
+    check_vocabularies(ckpt, source, target, checkpoint, data_dir)
+    config = ckpt.get("config", {})
+    epsilon = float(config.get("label_smoothing", 0.1))
+    max_sentences = max_sentences or int(config.get("max_sentences", 500))
+    model, _ = model_from_checkpoint(ckpt)
+    model.to(device).eval()
+    totals = Totals()
+    with torch.no_grad():
+        for idx in make_batches(data.src_lengths, data.tgt_lengths, max_sentences=max_sentences,
+                                max_tokens=config.get("max_tokens"), seed=0, epoch=0):
+            batch = collate(data, idx, source.pad_id).to(device)
+            logits = model(batch.src_ids, batch.src_mask, batch.prev_tokens)
+            loss_sum, nll_sum = label_smoothed_nll_loss(logits, batch.target, epsilon=epsilon)
+            totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
+    return totals.summary()

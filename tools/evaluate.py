@@ -4,10 +4,13 @@ output, paired bootstrap significance of the difference (the paper's (+)/(−) m
     python tools/evaluate.py --hyp out.vi --ref tst2013.vi
     python tools/evaluate.py --hyp out.vi --ref tst2013.vi --baseline baseline.vi --chrf
     python tools/evaluate.py --hyp out.tok.vi --ref tst2013.vi --tokenized   # paper-era tokenized BLEU
+    python tools/evaluate.py --checkpoint RUN/finetune/checkpoint_best.pt --data DATA_DIR   # dev PPL
 
 Default BLEU is detokenized, sacrebleu's 13a tokenizer. ``--tokenized`` scores already tokenized
 text as it is (``tokenize="none"``, like multi-bleu.perl): the number the paper's era reported on
 the Stanford pre-tokenized IWSLT references. The p-value definition is in ``nmt/evaluate.py``.
+With ``--checkpoint`` and ``--data`` it prints the checkpoint's loss and perplexity on a prepared
+split instead (``--split``, default ``valid``: the dev set), computed as the trainer's dev evaluation.
 Files are UTF-8, one segment per line; a leading BOM is dropped. Bad input: ``error: ...`` on
 stderr and exit status 2.
 """
@@ -27,8 +30,8 @@ from nmt.evaluate import (  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hyp", required=True, type=Path, help="system output, one line per segment")
-    parser.add_argument("--ref", required=True, type=Path, help="reference translations")
+    parser.add_argument("--hyp", type=Path, help="system output, one line per segment")
+    parser.add_argument("--ref", type=Path, help="reference translations")
     parser.add_argument("--baseline", type=Path,
                         help="baseline system output: adds a paired bootstrap test against it")
     parser.add_argument("--tokenized", action="store_true",
@@ -40,10 +43,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seed of the resampling RNG (default: 12345, as sacrebleu)")
     parser.add_argument("--alpha", type=float, default=0.05,
                         help="significance level (default: 0.05)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="instead of scoring text: the perplexity of this checkpoint on --data")
+    parser.add_argument("--data", type=Path, help="with --checkpoint: a prepared data directory")
+    parser.add_argument("--split", default="valid", help="with --checkpoint: the split (default: valid, the dev set)")
+    parser.add_argument("--device", default="cpu", help="with --checkpoint: cpu, cuda, ... (default: cpu)")
     return parser.parse_args(argv)
 
 
+def run_perplexity(args: argparse.Namespace, print_fn=print) -> None:
+    from nmt.evaluate import checkpoint_perplexity
+    if args.data is None:
+        raise EvaluationError("--checkpoint needs --data: the prepared data directory to evaluate on")
+    result = checkpoint_perplexity(args.checkpoint, args.data, args.split, device=args.device)
+    print_fn(f"{args.split}: loss {result['loss']:.4f} nll {result['nll']:.4f} ppl {result['ppl']:.2f} "
+             f"({result['sentences']:,} sentences, {result['tokens']:,} target tokens; {args.checkpoint})")
+
+
 def run(args: argparse.Namespace, print_fn=print) -> None:
+    if args.checkpoint is not None:
+        return run_perplexity(args, print_fn)
+    if args.hyp is None or args.ref is None:
+        raise EvaluationError("need --hyp and --ref (or --checkpoint and --data for the dev perplexity)")
     if args.bootstrap_samples < 1:
         raise EvaluationError(f"--bootstrap-samples must be at least 1, got {args.bootstrap_samples}")
     if not 0 < args.alpha < 1:
@@ -77,7 +98,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except EvaluationError as err:
+    except ValueError as err:       # EvaluationError and the library's (checkpoint, data) errors
+        if type(err) is ValueError:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

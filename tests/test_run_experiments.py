@@ -1,0 +1,207 @@
+"""tools/run_experiments.py end to end on a small slice of real IWSLT15 files in the Stanford NLP
+layout (BOM, HTML entities, last line without newline), with a tiny random BERT; plus its checks."""
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.bert import BertConfig, BertEncoder
+from nmt.checkpoint import load_checkpoint
+from nmt.evaluate import checkpoint_perplexity
+from nmt.pretrained import NativeBert, save_native
+from nmt.wordpiece import WordPieceTokenizer, default_vocab_path
+from tests.conftest import SHARED_IWSLT, require_path
+from tools import run_experiments
+from tools.evaluate import main as evaluate_main
+from tools.prepare_data import main as prepare_main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")
+
+
+def _short(en: list[bytes], vi: list[bytes], start: int, n: int, max_words: int = 9) -> list[int]:
+    keep = [i for i in range(start, len(en)) if 0 < len(en[i].split()) <= max_words and 0 < len(vi[i].split()) <= max_words]
+    return keep[:n]
+
+
+def _write(path: Path, lines: list[bytes], final_newline: bool = True) -> None:
+    path.write_bytes(b"\n".join(lines) + (b"\n" if final_newline else b""))
+
+
+@pytest.fixture(scope="module")
+def stanford(tmp_path_factory) -> dict:
+    """train.{en,vi} (40 short tst2012 pairs with &quot; entities), tst2012 as dev (10 other pairs),
+    tst2013 as test: its first 4 lines (BOM on line 1) and its last line (no final newline)."""
+    iwslt = require_path(SHARED_IWSLT)
+    base = tmp_path_factory.mktemp("experiments")
+    raw = base / "stanford"
+    raw.mkdir()
+    en12, vi12 = _lines(iwslt / "tst2012.en"), _lines(iwslt / "tst2012.vi")
+    quoted = [i for i in range(len(en12)) if b"&quot;" in en12[i] and len(en12[i].split()) <= 14][:2]
+    train = quoted + [i for i in _short(en12, vi12, 0, 60) if i not in quoted][:38]
+    dev = [i for i in _short(en12, vi12, 700, 30) if i not in train][:10]
+    for name, rows in (("train", train), ("tst2012", dev)):
+        _write(raw / f"{name}.en", [en12[i] for i in rows])
+        _write(raw / f"{name}.vi", [vi12[i] for i in rows])
+    for lang in ("en", "vi"):
+        lines = _lines(iwslt / f"tst2013.{lang}")
+        assert lines[0].startswith(b"\xef\xbb\xbf") and lines[-1] != b""       # BOM; no final newline
+        _write(raw / f"tst2013.{lang}", lines[:4] + lines[-1:], final_newline=False)
+    assert b"&quot;" in (raw / "train.en").read_bytes()
+
+    data = base / "iwslt-slice"
+    assert prepare_main(["--train-prefix", str(raw / "train"), "--valid-prefix", str(raw / "tst2012"),
+                         "--test-prefix", str(raw / "tst2013"), "--src", "en", "--tgt", "vi",
+                         "--target-mode", "tokenized", "--bpe-merges", "120",
+                         "--bert", str(default_vocab_path()), "--out", str(data)]) == 0
+    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    bert = base / "tiny_bert.pt"
+    save_native(NativeBert(config, BertEncoder(config).state_dict(), vocab, True, "tiny random BERT"), bert)
+    return {"base": base, "raw": raw, "data": data, "bert": bert}
+
+
+TINY = ["--set", "decoder_layers=1", "--set", "max_sentences=10", "--set", "warmup_steps=2",
+        "--beam", "2", "--bootstrap-samples", "50", "--threads", "1", "--no-progress"]
+
+
+def _run(stanford, out: Path, *extra: str) -> int:
+    return run_experiments.main(["--data", str(stanford["data"]), "--bert", str(stanford["bert"]),
+                                 "--out", str(out), *TINY, *extra])
+
+
+def test_bert_systems_end_to_end_then_rerun_skips_them(stanford, tmp_path, capsys):
+    """Every BERT system of both tables with 2 epochs per run; the second call trains nothing."""
+    out = tmp_path / "exp"
+    assert _run(stanford, out, "--systems", "direct,decoder,finetune,table4", "--max-epochs", "2",
+                "--finetune-lrs", "8e-5,4e-4,2e-5", "--table4-epochs", "0,1,3", "--no-dev-bleu") == 0
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert table in capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    for label in ("Transformer (transformer-base, from scratch)", "Direct fine-tuning (BERT + new decoder, end to end)",
+                  "Decoder training (stage 1, BERT frozen)", "0 (random decoder: direct at the fine-tuning LR)", "1", "3"):
+        assert label in rows, label
+    assert sum(line.startswith("| + Fine-tuning (stage 2) |") for line in table.splitlines()) == 3
+    assert any(k.startswith("until convergence (") for k in rows)
+    assert "not run" in rows["Transformer (transformer-base, from scratch)"]
+    assert "skipped" in rows["3"]                        # stage 1 ran 2 epochs: no checkpoint after epoch 3
+    assert "tst2013 BLEU" in table and "No significance marks" in table
+
+    ok = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    ok = [r for r in ok if r["status"] == "ok"]
+    assert {r["system"] for r in ok} == {"direct", "decoder", "finetune-lr8e-5", "finetune-lr4e-4",
+                                         "finetune-lr2e-5", "after-0", "after-1"}
+    for r in ok:
+        assert math.isfinite(r["dev"]["ppl"]) and r["dev"]["ppl"] > 1
+        s = r["splits"]["test"]
+        assert s["name"] == "tst2013" and s["sentences"] == 5
+        assert all(0 <= s[k] <= 100 for k in ("bleu", "tok_bleu", "chrf"))
+        assert r["train"]["epochs"] == 2
+        assert len((out / r["system"] / "test.hyp").read_text(encoding="utf-8").split("\n")) == 6
+    # one stage-1 run serves all fine-tuning runs, with its epoch-1 checkpoint for Table 4
+    assert (out / "decoder" / "decoder" / "checkpoint_epoch1.pt").is_file()
+    assert not (out / "finetune-lr8e-5" / "decoder").exists()
+    by_name = {r["system"]: r for r in ok}
+    assert by_name["after-1"]["init"] == "decoder/decoder/checkpoint_epoch1.pt"
+    assert by_name["finetune-lr2e-5"]["init"] == "decoder/decoder/checkpoint_best.pt"
+    assert by_name["after-0"]["stage"] == "direct" and by_name["after-0"]["lr"] == 8e-5
+    # dev PPL of the best checkpoint = what the trainer logged for it
+    records = [json.loads(x) for x in (out / "decoder" / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    best = [x for x in records if x.get("event") == "epoch" and x["improved"]][-1]
+    assert by_name["decoder"]["dev"]["ppl"] == pytest.approx(best["dev"]["ppl"], rel=1e-5)
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/checkpoint_*.pt")}
+    assert _run(stanford, out, "--systems", "direct,decoder,finetune,table4", "--max-epochs", "2",
+                "--finetune-lrs", "8e-5,4e-4,2e-5", "--table4-epochs", "0,1,3", "--no-dev-bleu") == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/checkpoint_*.pt")} == stamps
+    assert capsys.readouterr().out.count(": done (results in") == 8
+    assert (out / "results.md").read_text(encoding="utf-8") == table
+
+
+@pytest.mark.slow
+def test_baseline_is_prepared_and_marks_significance(stanford, tmp_path):
+    """The Transformer baseline's source-BPE data is prepared from the same Stanford files; the
+    other systems get bootstrap results against it."""
+    out = tmp_path / "exp"
+    assert _run(stanford, out, "--systems", "transformer,decoder", "--max-steps", "3") == 0
+    meta = json.loads((out / "data-source-bpe" / "meta.json").read_text())
+    assert meta["source"]["kind"] == "bpe" and set(meta["splits"]) == {"train", "valid", "test"}
+    decoder = json.loads((out / "decoder" / "result.json").read_text())
+    assert decoder["splits"]["valid"]["sentences"] == 10                 # --dev-bleu is on by default
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert "paired bootstrap, 50 samples" in table
+    row = next(line for line in table.splitlines() if line.startswith("| Transformer"))
+    assert re.search(r"\| \d+\.\d\d \|", row)
+
+
+def test_continue_after_interruption(stanford, tmp_path, monkeypatch):
+    """A run stopped mid-way (here: by --max-steps inside epoch 1, as after Ctrl-C) is resumed."""
+    out = tmp_path / "exp"
+    from nmt import trainer as trainer_module
+    real_fit = trainer_module.Trainer.fit
+    calls = []
+
+    def fit_then_interrupt(self):
+        calls.append(self.step)
+        if len(calls) == 1:
+            self.request_stop()                     # stop after the first update, as Ctrl-C does
+        return real_fit(self)
+    monkeypatch.setattr(trainer_module.Trainer, "fit", fit_then_interrupt)
+    assert _run(stanford, out, "--systems", "decoder", "--max-epochs", "1", "--no-dev-bleu") == 130
+    assert load_checkpoint(out / "decoder" / "decoder" / "checkpoint_last.pt")["step"] == 1
+    assert not (out / "decoder" / "result.json").exists()
+    assert _run(stanford, out, "--systems", "decoder", "--max-epochs", "1", "--no-dev-bleu") == 0
+    assert calls == [0, 1]                          # the second call resumed at update 1
+    result = json.loads((out / "decoder" / "result.json").read_text())
+    assert result["status"] == "ok" and result["train"]["epochs"] == 1
+
+
+def test_bad_input_is_a_clear_error(stanford, tmp_path, capsys):
+    out = str(tmp_path / "exp")
+    cases = [
+        (["--data", str(tmp_path / "missing")], "data directory not found"),
+        (["--data", str(stanford["data"]), "--systems", "decoder,bogus"], "unknown system 'bogus'"),
+        (["--data", str(stanford["data"]), "--set", "no_such_field=1"], "TrainConfig field"),
+        (["--data", str(stanford["data"]), "--finetune-lrs", "8e-5,x"], "comma-separated"),
+        (["--pair", "xx-yy"], "unknown demo --pair"),
+    ]
+    for argv, message in cases:
+        assert run_experiments.main([*argv, "--out", out]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, (argv, err)
+    # a data directory without a test split
+    no_test = tmp_path / "no-test"
+    raw = stanford["raw"]
+    assert prepare_main(["--train-prefix", str(raw / "train"), "--valid-prefix", str(raw / "tst2012"),
+                         "--src", "en", "--tgt", "vi", "--target-mode", "tokenized", "--bpe-merges", "50",
+                         "--bert", str(default_vocab_path()), "--out", str(no_test)]) == 0
+    capsys.readouterr()
+    assert run_experiments.main(["--data", str(no_test), "--out", out, "--systems", "decoder"]) == 2
+    assert "no test split" in capsys.readouterr().err
+
+
+def test_evaluate_cli_prints_checkpoint_perplexity(stanford, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert _run(stanford, out, "--systems", "decoder", "--max-epochs", "1", "--no-dev-bleu") == 0
+    ckpt = out / "decoder" / "decoder" / "checkpoint_best.pt"
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"])]) == 0
+    line = capsys.readouterr().out
+    ppl = checkpoint_perplexity(ckpt, stanford["data"])["ppl"]
+    assert line.startswith("valid: loss ") and f"ppl {ppl:.2f}" in line
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"]), "--split", "test9"]) == 2
+    assert "no split 'test9'" in capsys.readouterr().err

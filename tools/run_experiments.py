@@ -1,0 +1,608 @@
+#!/usr/bin/env python
+"""Run the paper's systems on one data set and write its result tables (Imamura & Sumita 2019).
+
+    python tools/run_experiments.py --pair en-de                       # the embedded demo, En->De
+    python tools/run_experiments.py --data checkpoints/data/iwslt15-en-vi \\
+        --bert checkpoints/pretrained/uncased_L-12_H-768_A-12 --out checkpoints/experiments/iwslt15-en-vi
+
+Systems (Tables 3 and 5 of the paper), each trained in its own run directory ``OUT/NAME``:
+
+- ``transformer``: a Transformer baseline trained from scratch (``--baseline-arch``) on the same
+  data with a source-side BPE instead of BERT's WordPiece (``--baseline-data``; by default the tool
+  prepares it once, from the same text files as ``--data``, into ``OUT/data-source-bpe``);
+- ``direct``: BERT + a new decoder trained end to end from the start (``--stage direct``);
+- ``decoder``: stage 1, BERT frozen, decoder trained (``--stage decoder``);
+- ``finetune-lrX``: stage 2 from the stage-1 best checkpoint, one run per ``--finetune-lrs``
+  (the paper's best 8e-5 first); all start from the same stage-1 run;
+- Table 4, ``after-N``: fine-tuning at the first fine-tuning LR after N epochs of stage 1. The
+  stage-1 run keeps ``checkpoint_epochN.pt`` for those N (``--epoch-checkpoints``), so one stage-1
+  run serves them all; N = 0 (no decoder training: a random decoder) is ``--stage direct`` at the
+  fine-tuning LR; "until convergence" is the ``finetune`` row at that LR.
+
+Every system is evaluated with its best checkpoint (chosen by dev loss only; test sets are never
+used for a choice): dev perplexity (nmt.evaluate.checkpoint_perplexity), beam search of every test
+split (and the dev set) from the original text files named in the data directory's meta.json, BLEU
+(sacrebleu 13a on the output as translate.py writes it, and tokenize "none": the paper-era
+tokenized BLEU on pre-tokenized references such as the Stanford IWSLT files), chrF, and paired
+bootstrap resampling against the Transformer baseline (1000 samples, p < 0.05: (+)/(−)).
+
+Resumable: per-system results go to ``OUT/NAME/result.json``; a rerun with the same ``--out`` skips
+finished systems and continues unfinished training from its ``checkpoint_last.pt``. The tables go
+to ``OUT/results.md`` and stdout. Bad input: ``error: ...`` and exit status 2; Ctrl-C saves the
+current run (exit status 130; run the same command again to continue).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+if __package__ in (None, ""):                  # run as `python tools/run_experiments.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.config import (DEMO_BPE_MERGES, DEMO_PAIRS, DEMO_PRESET, REPO, TrainConfig,  # noqa: E402
+                        demo_data_dir)
+
+DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
+DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
+GROUPS = ("transformer", "direct", "decoder", "finetune", "table4")
+STAGE1 = "decoder"                             # the stage-1 system's name (and its stage)
+
+
+class ExperimentError(ValueError):
+    """Bad input to the experiment runner (data, systems, options)."""
+
+
+@dataclass
+class System:
+    name: str                 # run directory name under --out, e.g. "finetune-lr8e-5"
+    label: str                # row label in the tables
+    group: str                # one of GROUPS
+    stage: str                # TrainConfig.stage
+    lr: float                 # peak learning rate
+    init_epoch: str | None = None   # finetune: "best" or an epoch number of the stage-1 run
+    decoder_epochs: str = ""        # Table 4: decoder-training epochs before fine-tuning
+
+
+def lr_name(lr: float) -> str:
+    """4e-4 -> "4e-4", 8e-05 -> "8e-5", 1.5e-4 -> "1.5e-4": as the paper writes learning rates."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def parse_list(text: str, kind, what: str) -> list:
+    try:
+        values = [kind(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ExperimentError(f"{what} {text!r}: expected a comma-separated list") from None
+    if not values:
+        raise ExperimentError(f"{what} is empty")
+    return values
+
+
+def plan_systems(finetune_lrs: Sequence[float], table4_epochs: Sequence[int], direct_lr: float,
+                 baseline_arch: str) -> list[System]:
+    """Every system of the study, in table order."""
+    main_lr = finetune_lrs[0]
+    systems = [System("transformer", f"Transformer ({baseline_arch}, from scratch)", "transformer", "scratch", 4e-4),
+               System("direct", "Direct fine-tuning (BERT + new decoder, end to end)", "direct", "direct", direct_lr),
+               System(STAGE1, "Decoder training (stage 1, BERT frozen)", "decoder", "decoder", 4e-4)]
+    systems += [System(f"finetune-lr{lr_name(lr)}", "+ Fine-tuning (stage 2)", "finetune", "finetune", lr, "best")
+                for lr in finetune_lrs]
+    for n in table4_epochs:
+        if n == 0:
+            systems.append(System("after-0", "0 (random decoder: direct at the fine-tuning LR)", "table4",
+                                  "direct", main_lr, decoder_epochs="0"))
+        else:
+            systems.append(System(f"after-{n}", str(n), "table4", "finetune", main_lr, str(n), str(n)))
+    return systems
+
+
+def select_systems(systems: list[System], wanted: str | None) -> list[System]:
+    """--systems: group names (transformer, direct, decoder, finetune, table4) or system names."""
+    if not wanted:
+        return systems
+    names = parse_list(wanted, str, "--systems")
+    known = set(GROUPS) | {s.name for s in systems}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ExperimentError(f"unknown system {', '.join(map(repr, unknown))} in --systems; expected group names "
+                              f"{', '.join(GROUPS)} or system names {', '.join(s.name for s in systems)}")
+    return [s for s in systems if s.group in names or s.name in names]
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+def raw_prefix(path: str, lang: str) -> str:
+    """The prepare_data prefix of a side file: ``DIR/train.en`` or ``DIR/train.en.gz`` -> ``DIR/train``."""
+    for suffix in (f".{lang}.gz", f".{lang}"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    raise ExperimentError(f"{path}: cannot tell the prefix of this file (expected it to end in .{lang} or "
+                          f".{lang}.gz); prepare the baseline data yourself and pass --baseline-data")
+
+
+def test_splits(data_dir: Path) -> list[str]:
+    from nmt.data import read_meta
+    splits = read_meta(data_dir).get("splits", {})
+    if "valid" not in splits:
+        raise ExperimentError(f"{data_dir}: no dev split 'valid' (has {', '.join(sorted(splits))}); prepare the data "
+                              f"with tools/prepare_data.py --valid-prefix")
+    tests = sorted((s for s in splits if s.startswith("test")), key=lambda s: (len(s), s))
+    if not tests:
+        raise ExperimentError(f"{data_dir}: no test split (has {', '.join(sorted(splits))}); prepare the data with "
+                              f"tools/prepare_data.py --test-prefix (repeatable)")
+    return tests
+
+
+def split_text(data_dir: Path, split: str) -> tuple[list[str], list[str], str]:
+    """(source lines, reference lines, a display name) of a split, from the original text files
+    recorded in meta.json: every line, so BLEU is over the whole test set as released."""
+    from nmt.data import read_meta
+    from nmt.text import open_text_lines
+    inputs = read_meta(data_dir)["splits"][split].get("inputs", {})
+    sides = []
+    for side in ("src", "tgt"):
+        path = Path(inputs.get(side, ""))
+        if not path.is_file():
+            raise ExperimentError(f"{data_dir}/meta.json: the {split!r} split's {side} text {path} is not there any more; "
+                                  f"BLEU needs the original text files: restore them or prepare the data again")
+        sides.append([line for _, line in open_text_lines(path)])
+    src, ref = sides
+    if len(src) != len(ref):
+        raise ExperimentError(f"{inputs['src']} has {len(src)} lines, {inputs['tgt']} {len(ref)}")
+    name = Path(inputs["tgt"]).name.removesuffix(".gz")
+    name = name.rsplit(".", 1)[0] if "." in name else name
+    return src, ref, name
+
+
+def prepare_baseline_data(data_dir: Path, out: Path, print_fn) -> Path:
+    """The Transformer baseline's data: the same text files and target BPE settings as ``data_dir``,
+    with a source BPE instead of BERT's WordPiece (prepared once; reused when the inputs are unchanged)."""
+    from nmt.data import read_meta
+    from tools.prepare_data import prepare
+    settings = read_meta(data_dir).get("settings", {})
+    inputs, src, tgt = settings.get("inputs", {}), settings.get("src"), settings.get("tgt")
+    if "train" not in inputs or not src or not tgt:
+        raise ExperimentError(f"{data_dir}/meta.json: no record of the input files; pass --baseline-data")
+    prefix = {name: raw_prefix(files[0][0], src) for name, files in inputs.items()}
+    for name, files in inputs.items():
+        if not Path(files[0][0]).is_file():
+            raise ExperimentError(f"{files[0][0]}: the text {data_dir} was prepared from is gone; prepare the "
+                                  f"baseline data with tools/prepare_data.py --source-bpe and pass --baseline-data")
+    tests = sorted((s for s in prefix if s.startswith("test")), key=lambda s: (len(s), s))
+    prepare(out, train_prefix=prefix["train"], valid_prefix=prefix.get("valid"),
+            test_prefixes=[prefix[t] for t in tests], src=src, tgt=tgt, target_mode=settings["target_mode"],
+            bpe_merges=settings["bpe_merges"], source_bpe=True, max_len=settings["max_len"],
+            min_frequency=settings["min_frequency"], reuse=True, print_fn=print_fn)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+def metrics_records(stage_out: Path) -> list[dict]:
+    path = stage_out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
+    """Train one run to the end (or continue it); returns its train.json record. A finished run
+    (train.json present) is not trained again."""
+    from nmt.trainer import setup
+    stage_out = run_dir / cfg.stage
+    record_path = stage_out / "train.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text(encoding="utf-8"))
+    resume = (stage_out / "checkpoint_last.pt").is_file()
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir), resume=resume)
+    print_fn(f"== {run_dir.name}: {'resuming ' if resume else ''}stage {cfg.stage}, LR {cfg.peak_lr():g}")
+    seconds_path = stage_out / "seconds.txt"
+    before = float(seconds_path.read_text()) if seconds_path.is_file() else 0.0
+    t0 = time.time()
+    try:
+        trainer = setup(cfg, print_fn=print_fn)
+        why = trainer.fit()
+        record = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step}
+    except ValueError as e:
+        if "non-finite" not in str(e):          # diverged: a result of the study, not an input error
+            raise
+        record = {"stop": "diverged", "error": str(e)}
+    finally:
+        stage_out.mkdir(parents=True, exist_ok=True)
+        seconds_path.write_text(f"{before + time.time() - t0:.1f}")
+        trainer = None
+        gc.collect()
+    if record["stop"] == "interrupted":
+        raise KeyboardInterrupt
+    epochs = [r for r in metrics_records(stage_out) if r.get("event") == "epoch"]
+    improved = [r for r in epochs if r.get("improved")]
+    record.update(seconds=round(before + time.time() - t0, 1), best_epoch=improved[-1]["epoch"] if improved else None)
+    if record["stop"] == "diverged":
+        record["epochs"] = epochs[-1]["epoch"] if epochs else 0
+    record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+def evaluate(checkpoint: Path, data_dir: Path, splits: Sequence[str], out_dir: Path, args, print_fn) -> dict:
+    """Dev perplexity, and for each split: translations (written to OUT/NAME/SPLIT.hyp), BLEU, chrF."""
+    from nmt.evaluate import checkpoint_perplexity, corpus_bleu, corpus_chrf
+    from translate import Translator
+    dev = checkpoint_perplexity(checkpoint, data_dir, "valid", device=args.device)
+    translator = Translator.from_checkpoint(checkpoint, args.device)
+    scores = {}
+    for split in splits:
+        src, ref, name = split_text(data_dir, split)
+        progress = None
+        if args.progress:
+            from tqdm import tqdm
+            progress = tqdm(total=sum(bool(x.strip()) for x in src), desc=f"translating {name}", unit="sent",
+                            leave=False, file=sys.stderr)
+        t0 = time.time()
+        results = translator.translate(src, beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size)
+        if progress is not None:
+            progress.close()
+        hyps = [r[0][0] for r in results]
+        (out_dir / f"{split}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        bleu, signature = corpus_bleu(hyps, ref, "13a")
+        tok_bleu, tok_signature = corpus_bleu(hyps, ref, "none")
+        chrf, _ = corpus_chrf(hyps, ref)
+        scores[split] = {"name": name, "sentences": len(src), "bleu": bleu.score, "tok_bleu": tok_bleu.score,
+                         "chrf": chrf.score, "signature": signature, "tok_signature": tok_signature,
+                         "decode_seconds": round(time.time() - t0, 1)}
+        print_fn(f"   {split} ({name}): BLEU {bleu.score:.2f}, tokenized BLEU {tok_bleu.score:.2f}, "
+                 f"chrF {chrf.score:.2f} ({len(src)} sentences, {time.time() - t0:.0f} s)")
+    del translator
+    gc.collect()
+    return {"dev": dev, "splits": scores}
+
+
+# ----------------------------------------------------------------------------------------------
+# the experiment
+
+@dataclass
+class Experiment:
+    out: Path
+    data: Path                  # BERT (WordPiece source) data
+    baseline_data: Path | None  # source-BPE data for the Transformer baseline
+    base: TrainConfig           # settings shared by every run
+    systems: list[System]       # the whole study, table order
+    selected: list[System]      # what this invocation runs
+    args: argparse.Namespace
+    print_fn: Callable[[str], None] = print
+
+    def log(self, msg: str) -> None:
+        self.print_fn(msg)
+        with open(self.out / "experiment.log", "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def config_for(self, system: System) -> TrainConfig:
+        cfg = dataclasses.replace(self.base, stage=system.stage, lr=system.lr)
+        if system.group == "transformer":
+            return dataclasses.replace(cfg, arch=self.args.baseline_arch, data=str(self.baseline_data))
+        if system.stage == "decoder":
+            keep = sorted({int(s.init_epoch) for s in self.systems if s.init_epoch not in (None, "best")})
+            return dataclasses.replace(cfg, epoch_checkpoints=",".join(map(str, keep)) or None)
+        if system.stage == "finetune":
+            stage1 = self.run_dir(STAGE1) / "decoder"
+            name = "checkpoint_best.pt" if system.init_epoch == "best" else f"checkpoint_epoch{system.init_epoch}.pt"
+            return dataclasses.replace(cfg, init=str(stage1 / name))
+        return cfg
+
+    def result_path(self, system: System) -> Path:
+        return self.run_dir(system.name) / "result.json"
+
+    def ensure_stage1(self) -> dict:
+        stage1 = next(s for s in self.systems if s.name == STAGE1)
+        return train(self.config_for(stage1), self.run_dir(STAGE1), self.log)
+
+    def run_system(self, system: System) -> dict:
+        path = self.result_path(system)
+        if path.is_file():
+            self.log(f"== {system.name}: done (results in {path})")
+            return json.loads(path.read_text(encoding="utf-8"))
+        cfg = self.config_for(system)
+        result = {"system": system.name, "label": system.label, "group": system.group, "stage": system.stage,
+                  "lr": system.lr, "decoder_epochs": system.decoder_epochs}
+        if system.stage == "finetune":
+            stage1 = self.ensure_stage1()
+            init = Path(cfg.init)
+            if not init.is_file():
+                why = (f"stage 1 stopped after {stage1.get('epochs')} epochs ({stage1.get('stop')}), before epoch "
+                       f"{system.init_epoch}" if system.init_epoch != "best" else f"stage 1 has no {init.name}")
+                result.update(status="skipped", reason=why)
+                self.log(f"== {system.name}: skipped: {why}")
+                return self._write(path, result)
+            result["init"] = str(init.relative_to(self.out) if init.is_relative_to(self.out) else init)
+        run_dir = self.run_dir(system.name)
+        record = train(cfg, run_dir, self.log)
+        result["train"] = record
+        if record["stop"] == "diverged":
+            result.update(status="diverged", reason=record["error"])
+            self.log(f"== {system.name}: diverged ({record['error'][:120]}...)")
+            return self._write(path, result)
+        stage_out = run_dir / cfg.stage
+        checkpoint = stage_out / "checkpoint_best.pt"
+        if not checkpoint.is_file():                  # stopped by --max-steps inside the first epoch
+            checkpoint = stage_out / "checkpoint_last.pt"
+        data_dir = Path(cfg.data)
+        splits = test_splits(data_dir) + (["valid"] if self.args.dev_bleu else [])
+        self.log(f"== {system.name}: evaluating {checkpoint.relative_to(self.out)}")
+        result.update(status="ok", checkpoint=str(checkpoint.relative_to(self.out)),
+                      **evaluate(checkpoint, data_dir, splits, run_dir, self.args, self.log))
+        self.log(f"   dev PPL {result['dev']['ppl']:.2f}; {record['epochs']} epochs (best {record['best_epoch']}), "
+                 f"{record['seconds']:.0f} s training")
+        return self._write(path, result)
+
+    @staticmethod
+    def _write(path: Path, result: dict) -> dict:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+        tmp.replace(path)
+        return result
+
+    def run(self) -> str:
+        t0 = time.time()
+        for system in self.selected:
+            self.run_system(system)
+        table = self.tables()
+        (self.out / "results.md").write_text(table, encoding="utf-8")
+        self.log(f"\n{table}")
+        self.log(f"wrote {self.out / 'results.md'} ({time.time() - t0:.0f} s this invocation)")
+        return table
+
+    # -- the tables
+    def load_results(self) -> dict[str, dict]:
+        return {s.name: json.loads(self.result_path(s).read_text(encoding="utf-8"))
+                for s in self.systems if self.result_path(s).is_file()}
+
+    def tables(self) -> str:
+        from nmt.evaluate import paired_bootstrap
+        results = self.load_results()
+        tests = test_splits(self.data)
+        refs = {t: split_text(self.data, t)[1] for t in tests}
+        names = {t: split_text(self.data, t)[2] for t in tests}
+
+        def hyps(name: str, split: str) -> list[str]:
+            from nmt.evaluate import read_lines
+            return read_lines(self.run_dir(name) / f"{split}.hyp")
+
+        baseline = results.get("transformer")
+        has_baseline = baseline is not None and baseline.get("status") == "ok"
+        marks: dict[tuple[str, str, str], str] = {}
+        if has_baseline:
+            for name, r in results.items():
+                if name == "transformer" or r.get("status") != "ok":
+                    continue
+                for t in tests:
+                    for key, tok in (("bleu", "13a"), ("tok_bleu", "none")):
+                        test = paired_bootstrap(hyps(name, t), hyps("transformer", t), refs[t], tokenize=tok,
+                                                num_samples=self.args.bootstrap_samples, seed=self.args.bootstrap_seed)
+                        marks[name, t, key] = test.mark
+                        r.setdefault("significance", {})[f"{t}/{key}"] = dataclasses.asdict(test)
+
+        def scores(r: dict | None, name: str) -> list[str]:
+            if r is None:
+                return ["not run"] + [""] * (2 * len(tests))
+            if r.get("status") != "ok":
+                return [r.get("status", "?")] + ["–"] * (2 * len(tests))
+            cells = [f"{r['dev']['ppl']:.2f}" if math.isfinite(r["dev"]["ppl"]) else "inf"]
+            for t in tests:
+                for key in ("bleu", "tok_bleu"):
+                    mark = marks.get((name, t, key), "")
+                    cells.append(f"{r['splits'][t][key]:.2f}{(' ' + mark) if mark else ''}")
+            return cells
+
+        def epochs(r: dict | None) -> str:
+            if r is None or "train" not in r:
+                return ""
+            t = r["train"]
+            best = f" (best {t['best_epoch']})" if t.get("best_epoch") not in (None, t.get("epochs")) else ""
+            return f"{t.get('epochs')}{best}"
+
+        score_head = [h for t in tests for h in (f"{names[t]} BLEU", f"{names[t]} tok. BLEU")]
+        lines = ["### Main results (the paper's Tables 3 and 5)", "",
+                 "| System | LR | dev PPL | " + " | ".join(score_head) + " | Epochs |",
+                 "|---|---|---:|" + "---:|" * len(score_head) + "---:|"]
+        for s in self.systems:
+            if s.group == "table4":
+                continue
+            r = results.get(s.name)
+            lines.append(f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r)} |")
+
+        main = next(s for s in self.systems if s.group == "finetune")
+        stage1 = results.get(STAGE1, {}).get("train") or self._stage1_record()
+        conv = f"until convergence ({stage1['best_epoch']})" if stage1 and stage1.get("best_epoch") else "until convergence"
+        lines += ["", f"### Decoder-training epochs before fine-tuning at LR {lr_name(main.lr)} (the paper's Table 4)", "",
+                  "| Decoder-training epochs | dev PPL | " + " | ".join(score_head) + " | Fine-tuning epochs |",
+                  "|---|---:|" + "---:|" * len(score_head) + "---:|"]
+        for s in self.systems:
+            if s.group == "table4":
+                r = results.get(s.name)
+                lines.append(f"| {s.label} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r)} |")
+        r = results.get(main.name)
+        lines.append(f"| {conv} | " + " | ".join(scores(r, main.name)) + f" | {epochs(r)} |")
+
+        any_ok = next((r for r in results.values() if r.get("status") == "ok"), None)
+        lines += ["", f"dev PPL: perplexity of the best checkpoint (lowest dev loss) on the dev set, per target "
+                      f"subword token. BLEU: sacrebleu on the output as written (beam {self.args.beam}, length penalty "
+                      f"{self.args.lenpen:g}); tok. BLEU: tokenize 'none' (the paper-era number on pre-tokenized "
+                      f"references). "
+                  + (f"(+)/(−): significantly better/worse than the Transformer baseline (paired bootstrap, "
+                     f"{self.args.bootstrap_samples} samples, p < 0.05)." if has_baseline
+                     else "No significance marks: the Transformer baseline has not been run.")
+                  + " Epochs: epochs trained (best epoch by dev loss)."]
+        if any_ok:
+            sig = any_ok["splits"][tests[0]]
+            lines += [f"BLEU signature: `{sig['signature']}`; tok. BLEU: `{sig['tok_signature']}`"]
+        return "\n".join(lines) + "\n"
+
+    def _stage1_record(self) -> dict | None:
+        path = self.run_dir(STAGE1) / "decoder" / "train.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+def parse_set(items: Sequence[str]) -> dict:
+    """--set KEY=VALUE (TrainConfig fields, e.g. decoder_layers=3) with the field's type."""
+    from nmt.config import _parse_optional
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise ExperimentError(f"--set {item!r}: expected FIELD=VALUE with a TrainConfig field "
+                                  f"(e.g. decoder_layers=3, max_sentences=500)")
+        kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}[
+            types[key].split(" ")[0]]
+        try:
+            out[key] = _parse_optional(kind)(value) if "None" in types[key] else kind(value)
+        except ValueError:
+            raise ExperimentError(f"--set {item!r}: {value!r} is not a valid {types[key]}") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="prepared data (BERT WordPiece source) with splits train, valid, test...; "
+                                  "none: the embedded demo corpus (--pair)")
+    p.add_argument("--pair", default="en-de", help="demo direction without --data: en-de or en-vi")
+    p.add_argument("--baseline-data", help="prepared source-BPE data for the Transformer baseline (same text files); "
+                                           "none: prepared by this tool into OUT/data-source-bpe")
+    p.add_argument("--bert", help="BERT model the data was prepared with (native .pt, Google TF or HF dir); "
+                                  "none: the installed all-MiniLM-L6-v2")
+    p.add_argument("--out", help="experiment directory; none: checkpoints/experiments/demo-PAIR or DATA_NAME")
+    p.add_argument("--systems", help=f"comma list of groups ({', '.join(GROUPS)}) or system names; none: all")
+    p.add_argument("--finetune-lrs", default=DEFAULT_FINETUNE_LRS,
+                   help="fine-tuning LRs, the main one first (default: %(default)s)")
+    p.add_argument("--direct-lr", type=float, default=4e-4, help="LR of direct fine-tuning (default: %(default)g)")
+    p.add_argument("--table4-epochs", default=DEFAULT_TABLE4_EPOCHS,
+                   help="Table 4: stage-1 epochs before fine-tuning, 0 = none (default: %(default)s; "
+                        "'until convergence' is always there)")
+    p.add_argument("--baseline-arch", default="transformer-base", choices=("transformer-base", "transformer-bert-size"),
+                   help="the Transformer baseline (default: %(default)s)")
+    p.add_argument("--max-epochs", type=int, help="cap on epochs per run (default: 100, demo 8)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 3, demo 2)")
+    p.add_argument("--max-steps", type=int, help="cap on updates per run (smoke tests)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other TrainConfig field for every run, e.g. --set max_sentences=500 (repeatable)")
+    p.add_argument("--beam", type=int, default=10, help="beam size (default: 10, the paper's)")
+    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: 1.0, the paper's)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    p.add_argument("--dev-bleu", action=argparse.BooleanOptionalAction, default=True,
+                   help="also decode the dev set and report its BLEU in result.json (default: on)")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
+    p.add_argument("--bootstrap-seed", type=int, default=12345, help="resampling seed (default: 12345)")
+    p.add_argument("--seed", type=int, default=1, help="training seed (default: 1)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    return p
+
+
+def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
+    """Validate the arguments, prepare the data if needed, and plan the runs."""
+    from nmt.data import read_meta
+    from tools.prepare_data import prepare_demo
+    finetune_lrs = parse_list(args.finetune_lrs, float, "--finetune-lrs")
+    table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
+    if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr]) or any(n < 0 for n in table4):
+        raise ExperimentError("learning rates must be positive and --table4-epochs >= 0")
+    if args.beam < 1 or args.batch_size < 1 or args.bootstrap_samples < 1:
+        raise ExperimentError("--beam, --batch-size and --bootstrap-samples must be >= 1")
+    if len(set(map(lr_name, finetune_lrs))) != len(finetune_lrs) or len(set(table4)) != len(table4):
+        raise ExperimentError("--finetune-lrs and --table4-epochs must not repeat a value")
+    systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch)
+    selected = select_systems(systems, args.systems)
+    demo = args.data is None
+    if demo and args.pair not in DEMO_PAIRS:
+        raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
+    name = f"demo-{args.pair}" if demo else Path(args.data).resolve().name
+    out = Path(args.out) if args.out else REPO / "checkpoints" / "experiments" / name
+    values = {**(DEMO_PRESET if demo else {}), **parse_set(args.set)}
+    for key in ("max_epochs", "patience", "max_steps"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    values.update(seed=args.seed, device=args.device, threads=args.threads, progress=args.progress, bert=args.bert)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    wants_baseline = any(s.group == "transformer" for s in selected)
+    if demo:
+        data = demo_data_dir(args.pair)
+        prepare_demo(data, args.pair, bert=args.bert, bpe_merges=DEMO_BPE_MERGES, reuse=True, print_fn=print_fn)
+        baseline = None
+        if wants_baseline:
+            baseline = demo_data_dir(args.pair, args.baseline_arch)
+            prepare_demo(baseline, args.pair, bpe_merges=DEMO_BPE_MERGES, source_bpe=True, reuse=True,
+                         print_fn=print_fn)
+    else:
+        data = Path(args.data)
+        if read_meta(data).get("source", {}).get("kind") != "wordpiece":
+            raise ExperimentError(f"{data}: its source side is not BERT WordPiece; --data is the BERT data "
+                                  f"(prepared without --source-bpe); the baseline's goes to --baseline-data")
+        baseline = Path(args.baseline_data) if args.baseline_data else None
+        if wants_baseline and baseline is None:
+            out.mkdir(parents=True, exist_ok=True)
+            baseline = prepare_baseline_data(data, out / "data-source-bpe", print_fn)
+    tests = test_splits(data)
+    if baseline is not None:
+        if read_meta(baseline).get("source", {}).get("kind") != "bpe":
+            raise ExperimentError(f"{baseline}: not source-BPE data (prepare it with tools/prepare_data.py --source-bpe)")
+        if test_splits(baseline) != tests:
+            raise ExperimentError(f"{baseline} has test splits {test_splits(baseline)}, {data} has {tests}")
+        for t in tests + ["valid"]:
+            if split_text(baseline, t)[1] != split_text(data, t)[1]:
+                raise ExperimentError(f"the {t!r} references of {baseline} and {data} differ: prepare both from the "
+                                      f"same text files")
+    base = dataclasses.replace(TrainConfig(), **values, data=str(data))
+    for s in selected:                          # every run's config must be valid before anything trains
+        dataclasses.replace(base, stage=s.stage, lr=s.lr,
+                            arch=args.baseline_arch if s.group == "transformer" else "bert").validate()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args), "base_config": base.to_dict(),
+                                                     "baseline_data": str(baseline) if baseline else None},
+                                                    indent=1, default=str), encoding="utf-8")
+    return Experiment(out, data, baseline, base, systems, selected, args, print_fn)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        experiment = make_experiment(args)
+        experiment.log(f"experiment in {experiment.out}: systems {', '.join(s.name for s in experiment.selected)}")
+        experiment.run()
+    except ValueError as e:        # ExperimentError and the library's errors (data, config, checkpoint)
+        if type(e) is ValueError:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
