@@ -2,6 +2,7 @@
 """Translate text with a trained checkpoint: one line in, one line out, in input order.
 
     python translate.py < test.en > test.hyp.de           # the demo run's best model
+    python translate.py --pair en-vi < test.en            # the En->Vi demo run (train.py --pair en-vi)
     python translate.py --checkpoint checkpoints/demo-en-de/finetune/checkpoint_best.pt < test.en
     python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
 
@@ -173,9 +174,12 @@ def read_input(path: str | None) -> tuple[list[str], str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Translate text with a trained nmt checkpoint.")
-    p.add_argument("--checkpoint", default=str(DEFAULT_RUN),
+    p.add_argument("--checkpoint",
                    help="checkpoint file, or a run directory to use its best model (fine-tuned if there is "
-                        "one, else stage 1); default: the demo run %(default)s")
+                        f"one, else stage 1); default: the demo run of --pair ({DEFAULT_RUN})")
+    p.add_argument("--pair", default="en-de", choices=("en-de", "en-vi"),
+                   help="without --checkpoint: the demo run of this direction, checkpoints/demo-PAIR "
+                        "(train.py --pair PAIR); default: %(default)s")
     p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here (default: stdout)")
     p.add_argument("--beam", type=int, default=10, help="beam size; 1 = greedy (default: 10, the paper's)")
@@ -196,12 +200,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    demo_run = args.checkpoint is None
+    if demo_run:
+        args.checkpoint = str(DEFAULT_RUN.with_name(f"demo-{args.pair}"))
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)   # noqa: E731
     try:
         if args.beam < 1 or not 1 <= args.nbest <= max(args.beam, 1) or args.batch_size < 1:
             raise TranslateError("need --beam >= 1, 1 <= --nbest <= --beam and --batch-size >= 1")
         if args.beam == 1 and args.nbest > 1:
             raise TranslateError("--nbest > 1 needs --beam > 1")
+        if demo_run and not Path(args.checkpoint).is_dir():
+            raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
+                                 f"(python train.py --pair {args.pair}) or pass --checkpoint")
         translator = Translator.from_checkpoint(args.checkpoint, args.device)
         lines, name = read_input(args.input)
         references = None

@@ -164,3 +164,16 @@ def test_run_directory_uses_its_best_checkpoint(tmp_path, capsys):
     assert code == 0 and len(out.splitlines()) == 1, err
     code, _, err = run(capsys, "--checkpoint", tmp_path, "--input", src)
     assert code == 2 and "no trained model found" in err
+
+
+def test_pair_picks_the_demo_run_directory(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("nmt.checkpoint")
+    monkeypatch.setattr(translate, "DEFAULT_RUN", tmp_path / "demo-en-de")
+    src = tmp_path / "in.txt"
+    src.write_text("the cat .\n", encoding="utf-8")
+    code, _, err = run(capsys, "--pair", "en-vi", "--input", src)
+    assert code == 2 and "demo-en-vi" in err and "python train.py --pair en-vi" in err
+    (tmp_path / "demo-en-vi" / "decoder").mkdir(parents=True)
+    make_checkpoint(tmp_path / "demo-en-vi" / "decoder" / "checkpoint_best.pt")
+    code, out, err = run(capsys, "--pair", "en-vi", "--input", src, "--beam", 2)
+    assert code == 0 and len(out.splitlines()) == 1, err
