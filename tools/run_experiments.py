@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'until convergence' is always there)")
     p.add_argument("--baseline-arch", default="transformer-base", choices=("transformer-base", "transformer-bert-size"),
                    help="the Transformer baseline (default: %(default)s)")
-    p.add_argument("--max-epochs", type=int, help="cap on epochs per run (default: 100, demo 8)")
+    p.add_argument("--max-epochs", type=int, help="cap on epochs per run (default: 100, demo 3)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 3, demo 2)")
     p.add_argument("--max-steps", type=int, help="cap on updates per run (smoke tests)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
