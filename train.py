@@ -12,9 +12,14 @@ Run directory (default ``checkpoints/demo-<pair>`` or ``checkpoints/<data dir na
 subdirectory per stage with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
 translate.py reads a run directory and picks finetune/, else decoder/ (nmt.checkpoint.best_checkpoint_path).
 Ctrl-C saves checkpoint_last.pt and exits (status 130). Bad input: ``error: ...`` and status 2.
+
+Data-parallel on several processes (GPUs, or CPU with gloo; see README "Distributed training"):
+
+    torchrun --nproc_per_node=4 train.py --data DIR        # 4 GPUs, 4 x --max-sentences per update
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -30,23 +35,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     demo = given_options(args).get("data") is None
     cfg = config_from_args(args, preset=DEMO_PRESET if demo else None)
-    if demo:
+    from nmt.distributed import launched_by_torchrun
+    where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)
+    if demo and os.environ.get("RANK", "0") == "0":
         overridden = [k for k in DEMO_PRESET if k in given_options(args)]
         preset = ", ".join(f"{k}={v}" for k, v in DEMO_PRESET.items() if k not in overridden)
         print(f"no --data: training on the embedded demo corpus ({cfg.pair}); demo preset: {preset}, "
               f"BPE merges {DEMO_BPE_MERGES}" + (f" (overridden by flags: {', '.join(overridden)})" if overridden else ""))
+    dist = None
     try:
+        if launched_by_torchrun():
+            from nmt.distributed import init_from_env
+            where = f"rank {os.environ.get('RANK', '?')}: "
+            dist = init_from_env(cfg.device)
         from nmt.trainer import setup
-        trainer = setup(cfg)
+        trainer = setup(cfg, dist=dist)
         why = trainer.fit()
     except ValueError as e:        # the project's errors (TrainingError, DataError, CheckpointError, ...)
         if type(e) is ValueError:  # a plain ValueError is a bug: keep its traceback
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {where}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if dist is not None:
+            dist.destroy()
     return 130 if why == "interrupted" else 0
 
 

@@ -7,6 +7,10 @@ token vectors, ``[total source tokens, H]``, laid out like the data's ``train.sr
 rows ``offsets[i]:offsets[i + 1]``. It lives in memory or, when too big, in a memory-mapped file in
 the run directory; float16 halves its size (BERT outputs are post-LayerNorm, O(1) values).
 
+In data-parallel training each rank caches only the pairs it owns (``pairs``: see
+nmt/distributed.py, pairs are sharded, not batches, for exactly this): the rows are then those of
+the owned pairs in index order, and ``slots`` maps a global pair index to its place among them.
+
 >>> import torch
 >>> offsets = np.array([0, 2, 5])                       # pair 0 has 2 tokens, pair 1 has 3
 >>> cache = EncoderCache(np.arange(10, dtype=np.float32).reshape(5, 2), offsets)
@@ -42,21 +46,32 @@ def token_positions(offsets: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 
 class EncoderCache:
-    def __init__(self, values: np.ndarray, offsets: np.ndarray):
-        self.values = values            # [total source tokens, H], float16 or float32 (ndarray or memmap)
-        self.offsets = offsets          # [pairs + 1] int64
+    def __init__(self, values: np.ndarray, offsets: np.ndarray, slots: np.ndarray | None = None):
+        self.values = values            # [cached source tokens, H], float16 or float32 (ndarray or memmap)
+        self.offsets = offsets          # [cached pairs + 1] int64
+        self.slots = slots              # [all pairs] int64: cached position of a pair, -1 if not cached; None: all
 
     @staticmethod
-    def size_bytes(data: ParallelData, hidden: int, dtype: str) -> int:
-        return int(data.src_lengths.sum()) * hidden * np.dtype(DTYPES[dtype]).itemsize
+    def size_bytes(data: ParallelData, hidden: int, dtype: str, pairs: np.ndarray | None = None) -> int:
+        lengths = data.src_lengths if pairs is None else data.src_lengths[pairs]
+        return int(lengths.sum()) * hidden * np.dtype(DTYPES[dtype]).itemsize
 
     @classmethod
     def build(cls, model, data: ParallelData, src_pad_id: int, *, dtype: str = "float16",
               path: Path | None = None, device="cpu", batch_tokens: int = 16384,
-              print_fn: Callable[[str], None] = print, progress: bool = False) -> "EncoderCache":
-        """Run ``model.encode`` (eval mode, no grad) over every pair; ``path``: memory-map a file there."""
+              print_fn: Callable[[str], None] = print, progress: bool = False,
+              pairs: np.ndarray | None = None) -> "EncoderCache":
+        """Run ``model.encode`` (eval mode, no grad) over every pair, or only over the sorted indices
+        ``pairs`` (a data-parallel rank's own); ``path``: memory-map a file there."""
         hidden = model.encoder.config.hidden_size
-        offsets = np.concatenate([[0], np.cumsum(data.src_lengths)]).astype(np.int64)
+        slots = None
+        src_lengths, tgt_lengths = data.src_lengths, data.tgt_lengths
+        if pairs is not None:
+            pairs = np.asarray(pairs, dtype=np.int64)
+            slots = np.full(len(data), -1, dtype=np.int64)
+            slots[pairs] = np.arange(len(pairs))
+            src_lengths, tgt_lengths = src_lengths[pairs], tgt_lengths[pairs]
+        offsets = np.concatenate([[0], np.cumsum(src_lengths)]).astype(np.int64)
         shape = (int(offsets[-1]), hidden)
         if path is None:
             values = np.empty(shape, dtype=DTYPES[dtype])
@@ -66,14 +81,14 @@ class EncoderCache:
         was_training = model.encoder.training
         model.encoder.eval()
         t0 = time.time()
-        batches = make_batches(data.src_lengths, data.tgt_lengths, max_sentences=1024, max_tokens=batch_tokens)
+        batches = make_batches(src_lengths, tgt_lengths, max_sentences=1024, max_tokens=batch_tokens)
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=int(offsets[-1]), desc="encoder cache", unit="tok", unit_scale=True, leave=False)
         with torch.no_grad():
-            for idx in batches:
-                batch = collate(data, idx, src_pad_id)
+            for idx in batches:                 # idx: cached positions; pairs[idx]: pair indices
+                batch = collate(data, idx if pairs is None else pairs[idx], src_pad_id)
                 out = model.encoder(batch.src_ids.to(device), batch.src_mask.to(device))      # [B, S, H]
                 rows = out[batch.src_mask.to(device)].float().cpu().numpy()                 # [real tokens, H]
                 values[token_positions(offsets, idx)] = rows.astype(values.dtype, copy=False)
@@ -85,10 +100,17 @@ class EncoderCache:
         if path is not None:
             values.flush()
         print_fn(f"encoder cache built in {time.time() - t0:.1f} s")
-        return cls(values, offsets)
+        return cls(values, offsets, slots)
 
     def gather(self, indices: np.ndarray, src_mask: torch.Tensor) -> torch.Tensor:
         """Encoder outputs of a batch: indices [B], src_mask [B,S] bool -> [B,S,H] float32 (zeros at padding)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.slots is not None:
+            slots = self.slots[indices]
+            if (slots < 0).any():
+                raise ValueError(f"pairs {indices[slots < 0][:5].tolist()} are not in this rank's encoder cache "
+                                 f"(a batch from another rank's shard)")
+            indices = slots
         rows = torch.from_numpy(np.ascontiguousarray(self.values[token_positions(self.offsets, indices)]))
         out = torch.zeros(*src_mask.shape, self.values.shape[1], dtype=torch.float32)
         out[src_mask.cpu()] = rows.float()

@@ -17,12 +17,20 @@ Per epoch: the shuffled length-bucketed batches of this process's shard, one tqd
 evaluation (loss and perplexity from the NLL, in nats), ``checkpoint_last.pt`` and, when the dev
 loss improved, ``checkpoint_best.pt`` (and ``checkpoint_epochN.pt`` for the epochs listed in
 ``--epoch-checkpoints``); training stops after ``patience`` epochs without improvement.
-Everything that writes files or prints goes through ``master_process`` (always True until
-distributed training is added; batches for a shard come from :meth:`Trainer.epoch_batches`).
+Everything that writes files or prints goes through ``master_process``.
+
+Data-parallel training (torchrun; nmt/distributed.py) is on only when a ``DistContext`` is given:
+the model is wrapped in DistributedDataParallel after ``set_stage`` (DDP registers the parameters
+that require grad when it is built; :meth:`Trainer.set_stage` re-wraps), each rank trains on its own
+share of the pairs (:meth:`Trainer.epoch_batches`) and caches only those encoder outputs, the loss is
+normalised by the GLOBAL token count (so N ranks x their batches = 1 process x the union batch),
+dev sums, Ctrl-C and NaN decisions are reduced over ranks, and only rank 0 prints and writes.
+Without a DistContext none of this runs.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -40,6 +48,7 @@ from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, CheckpointError, load_c
                             save_checkpoint, set_rng_state, stage_dir)
 from nmt.config import DEMO_BPE_MERGES, TrainConfig, default_run_dir, demo_data_dir
 from nmt.data import DataError, ParallelData, collate, make_batches, read_meta
+from nmt.distributed import DistContext, rank_seed, shard_batches, shard_pairs
 from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.loss import label_smoothed_nll_loss, perplexity
 from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
@@ -157,12 +166,30 @@ def model_from_checkpoint(ckpt: dict, cfg: TrainConfig | None = None) -> tuple[S
     return model, spec
 
 
-def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_process: bool = True) -> "Trainer":
-    """Validate the config, open the data, build the model for the stage (or load the resume point)."""
+def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_process: bool = True,
+          dist: DistContext | None = None) -> "Trainer":
+    """Validate the config, open the data, build the model for the stage (or load the resume point).
+
+    ``dist``: this process's place in a torchrun job (nmt.distributed.init_from_env); rank 0 prepares
+    shared files (demo data, converted BERT) before the other ranks read them.
+    """
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    if dist is not None:
+        device, master_process = dist.device, dist.master_process
+        print_fn = print_fn if master_process else (lambda *_: None)
+    else:
+        device = resolve_device(cfg.device)
+    with dist.rank0_first() if dist is not None else contextlib.nullcontext():
+        *parts, resume_state = _load_parts(cfg, print_fn)
+    # after rank0_first: building the Trainer wraps the model in DDP, a collective of all ranks
+    return Trainer(cfg, *parts, device=device, print_fn=print_fn, master_process=master_process,
+                   resume_state=resume_state, dist=dist)
+
+
+def _load_parts(cfg: TrainConfig, print_fn) -> tuple:
+    """The Trainer's positional arguments: model, spec, source, target, train, valid, out_dir, resume_state."""
     run_dir = default_run_dir(cfg)
     out_dir = stage_dir(run_dir, cfg.stage)
     data_dir, train, valid = open_data(cfg, print_fn)
@@ -196,8 +223,7 @@ def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_proc
     else:
         model, spec = build_new_model(cfg, source, target, data_dir, print_fn)
     model.set_stage(cfg.stage)
-    return Trainer(cfg, model, spec, source, target, train, valid, out_dir, device=device, print_fn=print_fn,
-                   master_process=master_process, resume_state=resume_state)
+    return model, spec, source, target, train, valid, out_dir, resume_state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,11 +233,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: Seq2Seq, spec: ModelSpec, source: SourcePipeline,
                  target: TargetPipeline, train: ParallelData, valid: ParallelData, out_dir: Path, *,
                  device: torch.device | str = "cpu", print_fn: Callable[[str], None] = print,
-                 master_process: bool = True, rank: int = 0, world_size: int = 1, resume_state: dict | None = None):
+                 master_process: bool = True, rank: int = 0, world_size: int = 1, resume_state: dict | None = None,
+                 dist: DistContext | None = None):
         self.cfg, self.spec, self.source, self.target = cfg, spec, source, target
         self.train_data, self.valid_data, self.out_dir = train, valid, Path(out_dir)
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)      # the plain model: state dicts, evaluation, encoder cache
+        self.dist = dist
+        if dist is not None:
+            master_process, rank, world_size = dist.master_process, dist.rank, dist.world_size
         self.master_process, self.rank, self.world_size = master_process, rank, world_size
         self._print = print_fn
         self.src_pad_id = source.pad_id
@@ -219,29 +249,59 @@ class Trainer:
         self.batches_per_epoch = len(self.epoch_batches(0))
         if self.batches_per_epoch == 0:
             raise TrainingError(f"{train.directory}: no training batches for shard {rank} of {world_size}")
-        if cfg.warmup_steps is not None:
-            self.warmup_steps = cfg.warmup_steps
-        else:
-            epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else \
-                warmup_epochs_for(self.peak_lr, cfg.warmup_reference)
-            self.warmup_steps = warmup_steps_from_epochs(epochs, self.batches_per_epoch)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg.stage == "decoder":
-            assert not any(p.requires_grad for p in self.model.encoder.parameters()), "stage 1: encoder must be frozen"
-        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                          weight_decay=cfg.weight_decay)
+        self.warmup_steps = self._warmup_steps()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0     # updates done; epoch in progress; its batches done
         self.best_dev_loss: float | None = None
         self.bad_epochs = 0
         self.cache: EncoderCache | None = None
         self._cache_file: Path | None = None
-        self._stop_requested = False
+        self._stop_requested = False            # Ctrl-C seen by this process
+        self._stop_agreed = False               # distributed: some rank saw Ctrl-C by the last update
+        self.ddp: torch.nn.Module | None = None   # DistributedDataParallel(self.model) when distributed
+        self.set_stage(cfg.stage)
         amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp and self.device.type == "cuda" \
             else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "float16" and self.device.type == "cuda" else None
         if resume_state is not None:
             self.load_state(resume_state)
+        if dist is not None:        # dropout masks differ between ranks, and after a resume
+            torch.manual_seed(rank_seed(cfg.seed, self.rank, self.step))
+
+    def _warmup_steps(self) -> int:
+        cfg = self.cfg
+        if cfg.warmup_steps is not None:
+            return cfg.warmup_steps
+        epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else \
+            warmup_epochs_for(self.peak_lr, cfg.warmup_reference)
+        return warmup_steps_from_epochs(epochs, self.batches_per_epoch)
+
+    def set_stage(self, stage: str) -> None:
+        """Freeze/unfreeze for ``stage``, then a NEW optimizer over the parameters that now require
+        grad and, when distributed, a NEW DDP wrapper: DDP only syncs the gradients of the parameters
+        that required grad when it was built, so a stage change must re-wrap (after set_stage).
+
+        Changing the stage of a live trainer (like train.py --stage finetune after stage 1) starts
+        the new stage's own run: its directory, LR, warm-up, step count and early stopping.
+        """
+        if stage != self.cfg.stage:
+            self.cfg = dataclasses.replace(self.cfg, stage=stage)
+            self.out_dir = stage_dir(self.out_dir.parent, stage)
+            self.peak_lr = self.cfg.peak_lr()
+            self.warmup_steps = self._warmup_steps()
+            self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+            self.best_dev_loss, self.bad_epochs = None, 0
+            self._release_cache()
+        cfg = self.cfg
+        self.model.set_stage(stage)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if stage == "decoder":
+            assert not any(p.requires_grad for p in self.model.encoder.parameters()), "stage 1: encoder must be frozen"
+        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                          weight_decay=cfg.weight_decay)
+        if self.dist is not None:
+            self.ddp = None                     # the old wrapper's hooks go with it
+            self.ddp = self.dist.wrap(self.model)
 
     # -- output, gated on master_process
     def print(self, msg: str) -> None:
@@ -255,11 +315,15 @@ class Trainer:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
     # -- data
-    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        """This shard's batches (pair-index arrays) for an epoch: the one place batches are made."""
-        return make_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
-                            max_sentences=self.cfg.max_sentences, max_tokens=self.cfg.max_tokens,
-                            seed=self.cfg.seed, epoch=epoch, num_shards=self.world_size, shard=self.rank)
+    def epoch_batches(self, epoch: int, world_size: int | None = None) -> list[np.ndarray]:
+        """This rank's batches (pair-index arrays) for an epoch: the one place batches are made.
+        Ranks own fixed disjoint shares of the pairs (nmt.distributed.shard_batches); same count on every rank.
+        ``world_size``: rank 0's batches in a job of that size (to locate a checkpoint of another job)."""
+        world_size = self.world_size if world_size is None else world_size
+        return shard_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
+                             max_sentences=self.cfg.max_sentences, max_tokens=self.cfg.max_tokens,
+                             seed=self.cfg.seed, epoch=epoch, num_shards=world_size,
+                             shard=self.rank if world_size == self.world_size else 0)
 
     def valid_batches(self) -> list[np.ndarray]:
         return make_batches(self.valid_data.src_lengths, self.valid_data.tgt_lengths,
@@ -272,7 +336,8 @@ class Trainer:
                 "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "best_dev_loss": self.best_dev_loss, "bad_epochs": self.bad_epochs, "rng": rng_state()}
+                "best_dev_loss": self.best_dev_loss, "bad_epochs": self.bad_epochs, "rng": rng_state(),
+                "world_size": self.world_size}
 
     def load_state(self, state: dict) -> None:
         """Continue from a checkpoint_last.pt (the model weights are already loaded)."""
@@ -282,6 +347,16 @@ class Trainer:
         if self.cfg.warmup_steps is None and self.cfg.warmup_epochs is None:
             self.warmup_steps = int(state["schedule"]["warmup_steps"])    # same schedule as before the break
         set_rng_state(state["rng"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size and self.batch_in_epoch > 0:
+            # another world size cuts the epoch into other batches: continue at the same fraction of
+            # the epoch (the pairs of the skipped part are not exactly those already seen)
+            before = len(self.epoch_batches(self.epoch, world_size=saved_world))
+            done = min(self.batch_in_epoch * self.batches_per_epoch // max(before, 1), self.batches_per_epoch)
+            self.print(f"resuming with {self.world_size} processes a run saved with {saved_world}: epoch "
+                       f"{self.epoch + 1} was {self.batch_in_epoch}/{before} batches done; continuing at "
+                       f"{done}/{self.batches_per_epoch}")
+            self.batch_in_epoch = done
 
     def save(self, name: str) -> Path:
         path = self.out_dir / name
@@ -291,37 +366,60 @@ class Trainer:
 
     # -- encoder cache
     def maybe_build_cache(self) -> None:
+        """Stage 1: encode the training pairs once; a rank caches only its own pairs (and, on disk,
+        in its own temporary file, the one file other ranks than 0 write; removed at the end)."""
         if self.cfg.stage != "decoder":
             return
         cfg = self.cfg
         hidden = self.model.encoder.config.hidden_size
-        nbytes = EncoderCache.size_bytes(self.train_data, hidden, cfg.cache_dtype)
-        self._cache_file = self.out_dir / f"encoder_cache.{cfg.cache_dtype}.npy"
+        pairs = shard_pairs(len(self.train_data), self.world_size, self.rank, cfg.seed) if self.world_size > 1 else None
+        nbytes = EncoderCache.size_bytes(self.train_data, hidden, cfg.cache_dtype, pairs)
+        name = f"encoder_cache.{cfg.cache_dtype}.npy" if pairs is None else \
+            f"encoder_cache.rank{self.rank}.{cfg.cache_dtype}.npy"
+        self._cache_file = self.out_dir / name
         where, reason = plan_cache(cfg.encoder_cache, nbytes, cfg.cache_max_gb * 2**30, self.out_dir)
-        tokens = int(self.train_data.src_lengths.sum())
-        self.print(f"encoder cache: {tokens:,} source tokens x {hidden} x "
-                   f"{np.dtype(cfg.cache_dtype).itemsize} bytes ({cfg.cache_dtype}) = {reason}")
+        tokens = int(self.train_data.src_lengths.sum() if pairs is None else self.train_data.src_lengths[pairs].sum())
+        self.print(f"encoder cache{'' if pairs is None else ' (rank 0, its share of the pairs)'}: {tokens:,} source "
+                   f"tokens x {hidden} x {np.dtype(cfg.cache_dtype).itemsize} bytes ({cfg.cache_dtype}) = {reason}")
         if where == "off":
             return
         self.cache = EncoderCache.build(self.model, self.train_data, self.src_pad_id, dtype=cfg.cache_dtype,
                                         path=self._cache_file if where == "disk" else None, device=self.device,
-                                        print_fn=self.print, progress=cfg.progress and self.master_process)
+                                        print_fn=self.print, progress=cfg.progress and self.master_process,
+                                        pairs=pairs)
+
+    def _release_cache(self) -> None:
+        if self.cache is not None and self._cache_file is not None and self.cache.values.__class__ is np.memmap:
+            self.cache = None
+            remove_cache_file(self._cache_file)
+        self.cache = None
 
     # -- one step and the dev set
-    def forward_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_sum, nll_sum) of a collated batch on this device."""
+    def forward_loss(self, batch, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_sum, nll_sum) of a collated batch on this device; ``model``: the DDP wrapper in training."""
         encoder_out = None
         if self.cache is not None and self.model.training:
             encoder_out = self.cache.gather(batch.indices, batch.src_mask).to(self.device, non_blocking=True)
         with self.autocast():
-            logits = self.model(batch.src_ids, batch.src_mask, batch.prev_tokens, encoder_out=encoder_out)
+            logits = (model or self.model)(batch.src_ids, batch.src_mask, batch.prev_tokens, encoder_out=encoder_out)
         return label_smoothed_nll_loss(logits, batch.target, epsilon=self.cfg.label_smoothing)
 
     def train_step(self, batch) -> tuple[float, float, float]:
         """One update; returns (loss_sum, nll_sum, lr). Raises TrainingError on a non-finite loss."""
         self.model.train()
-        loss_sum, nll_sum = self.forward_loss(batch)
+        loss_sum, nll_sum = self.forward_loss(batch, self.ddp)
         loss_value = loss_sum.item()
+        scale = 1.0 / batch.num_tokens
+        if self.dist is not None:
+            # DDP AVERAGES gradients over ranks; scaling each rank's loss sum by world_size / global
+            # tokens makes that average the gradient of (global loss sum / global tokens), i.e. one
+            # process training on the union of the ranks' batches. The same reduction tells every
+            # rank about a non-finite loss anywhere and about Ctrl-C on any rank (all stop together).
+            global_loss, global_tokens, stop = self.dist.all_reduce_sum(
+                [loss_value, batch.num_tokens, float(self._stop_requested)])
+            scale = self.world_size / global_tokens
+            self._stop_agreed = stop > 0
+            loss_value = loss_value if math.isfinite(global_loss) else global_loss
         if not math.isfinite(loss_value):
             raise TrainingError(f"non-finite training loss ({loss_value}) at update {self.step + 1} (epoch "
                                 f"{self.epoch + 1}, batch {self.batch_in_epoch + 1}); nothing was saved from this "
@@ -331,7 +429,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_sum / batch.num_tokens
+        loss = loss_sum * scale
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -348,14 +446,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Dev loss and perplexity (nats; ppl = exp(NLL per token)) with dropout off."""
+        """Dev loss and perplexity (nats; ppl = exp(NLL per token)) with dropout off.
+        Distributed: each rank scores every world_size-th dev batch, the sums are reduced."""
         self.model.eval()
         totals = Totals()
-        for idx in self.valid_batches():
+        for idx in self.valid_batches()[self.rank::self.world_size]:
             batch = collate(self.valid_data, idx, self.src_pad_id).to(self.device)
             loss_sum, nll_sum = self.forward_loss(batch)
             totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
-        return totals.summary()
+        return self.reduce_totals(totals).summary()
+
+    def reduce_totals(self, totals: Totals) -> Totals:
+        """Sums over all ranks (the same on every rank); the totals themselves in one process."""
+        if self.dist is None:
+            return totals
+        loss, nll, tokens, sentences = self.dist.all_reduce_sum([totals.loss, totals.nll, totals.tokens,
+                                                                 totals.sentences])
+        return Totals(loss, nll, int(round(tokens)), int(round(sentences)))
 
     # -- Ctrl-C
     def request_stop(self) -> None:
@@ -402,11 +509,12 @@ class Trainer:
         self.maybe_build_cache()
         try:
             with self._sigint_saves():
-                return self._loop()
+                why = self._loop()
+            if self.dist is not None:
+                self.dist.barrier()     # no rank leaves before rank 0's last checkpoint is written
+            return why
         finally:
-            if self.cache is not None and self._cache_file is not None and self.cache.values.__class__ is np.memmap:
-                self.cache = None
-                remove_cache_file(self._cache_file)
+            self._release_cache()
 
     def _loop(self) -> str:
         cfg = self.cfg
@@ -429,19 +537,20 @@ class Trainer:
                     bar.update(1)
                 if self.step % 100 == 0:
                     self.log_metrics({"event": "train", "step": self.step, "epoch": self.epoch + 1, "lr": lr,
-                                      **totals.summary()})
-                if self._stop_requested or (cfg.max_steps is not None and self.step >= cfg.max_steps):
+                                      **self.reduce_totals(totals).summary()})
+                stop = self._stop_requested if self.dist is None else self._stop_agreed
+                if stop or (cfg.max_steps is not None and self.step >= cfg.max_steps):
                     if bar is not None:
                         bar.close()
                     path = self.save("checkpoint_last.pt")
-                    why = "interrupted" if self._stop_requested else "max_steps"
+                    why = "interrupted" if stop else "max_steps"
                     self.log_metrics({"event": why, "step": self.step, "epoch": self.epoch + 1})
                     self.print(f"{why}: saved {path} at update {self.step}; continue with --resume")
                     return why
             if bar is not None:
                 bar.close()
             elapsed = time.time() - t0
-            train_stats = totals.summary()
+            train_stats = self.reduce_totals(totals).summary()
             dev = self.evaluate()
             if not math.isfinite(dev["loss"]):
                 raise TrainingError(f"non-finite dev loss ({dev['loss']}) after epoch {self.epoch + 1}; nothing saved "
