@@ -168,6 +168,11 @@ def test_continue_after_interruption(stanford, tmp_path, monkeypatch):
     assert calls == [0, 1]                          # the second call resumed at update 1
     result = json.loads((out / "decoder" / "result.json").read_text())
     assert result["status"] == "ok" and result["train"]["epochs"] == 1
+    # Table 4 after 1 epoch when stage 1's best is epoch 1: the "until convergence" run, not run twice
+    assert _run(stanford, out, "--systems", "after-1", "--table4-epochs", "1", "--max-epochs", "1") == 0
+    assert json.loads((out / "after-1" / "result.json").read_text())["status"] == "same"
+    assert "| 1 | = until convergence |" in (out / "results.md").read_text(encoding="utf-8")
+    assert not (out / "after-1" / "finetune").exists()
 
 
 def test_bad_input_is_a_clear_error(stanford, tmp_path, capsys):
@@ -178,6 +183,7 @@ def test_bad_input_is_a_clear_error(stanford, tmp_path, capsys):
         (["--data", str(stanford["data"]), "--set", "no_such_field=1"], "TrainConfig field"),
         (["--data", str(stanford["data"]), "--finetune-lrs", "8e-5,x"], "comma-separated"),
         (["--pair", "xx-yy"], "unknown demo --pair"),
+        (["--data", str(stanford["data"]), "--max-epochs", "3,stage9=2"], "STAGE=N"),
     ]
     for argv, message in cases:
         assert run_experiments.main([*argv, "--out", out]) == 2, argv

@@ -282,6 +282,7 @@ class Experiment:
     systems: list[System]       # the whole study, table order
     selected: list[System]      # what this invocation runs
     args: argparse.Namespace
+    stage_epochs: dict[str, int]  # --max-epochs STAGE=N
     print_fn: Callable[[str], None] = print
 
     def log(self, msg: str) -> None:
@@ -293,7 +294,8 @@ class Experiment:
         return self.out / name
 
     def config_for(self, system: System) -> TrainConfig:
-        cfg = dataclasses.replace(self.base, stage=system.stage, lr=system.lr)
+        cfg = dataclasses.replace(self.base, stage=system.stage, lr=system.lr,
+                                  max_epochs=self.stage_epochs.get(system.stage, self.base.max_epochs))
         if system.group == "transformer":
             return dataclasses.replace(cfg, arch=self.args.baseline_arch, data=str(self.baseline_data))
         if system.stage == "decoder":
@@ -328,6 +330,12 @@ class Experiment:
                        f"{system.init_epoch}" if system.init_epoch != "best" else f"stage 1 has no {init.name}")
                 result.update(status="skipped", reason=why)
                 self.log(f"== {system.name}: skipped: {why}")
+                return self._write(path, result)
+            if system.init_epoch != "best" and stage1.get("best_epoch") == int(system.init_epoch):
+                why = (f"stage 1's best checkpoint is its epoch {system.init_epoch}: the same run as "
+                       f"'until convergence'")
+                result.update(status="same", reason=why)
+                self.log(f"== {system.name}: not run: {why}")
                 return self._write(path, result)
             result["init"] = str(init.relative_to(self.out) if init.is_relative_to(self.out) else init)
         run_dir = self.run_dir(system.name)
@@ -402,7 +410,8 @@ class Experiment:
             if r is None:
                 return ["not run"] + [""] * (2 * len(tests))
             if r.get("status") != "ok":
-                return [r.get("status", "?")] + ["–"] * (2 * len(tests))
+                status = {"same": "= until convergence"}.get(r.get("status"), r.get("status", "?"))
+                return [status] + ["–"] * (2 * len(tests))
             cells = [f"{r['dev']['ppl']:.2f}" if math.isfinite(r["dev"]["ppl"]) else "inf"]
             for t in tests:
                 for key in ("bleu", "tok_bleu"):
@@ -440,6 +449,9 @@ class Experiment:
         r = results.get(main.name)
         lines.append(f"| {conv} | " + " | ".join(scores(r, main.name)) + f" | {epochs(r)} |")
 
+        notes = [f"- `{s.name}`: {results[s.name]['status']}: {results[s.name].get('reason', '')}"
+                 for s in self.systems if results.get(s.name, {}).get("status") not in (None, "ok")]
+        lines += ([""] + notes) if notes else []
         any_ok = next((r for r in results.values() if r.get("status") == "ok"), None)
         lines += ["", f"dev PPL: perplexity of the best checkpoint (lowest dev loss) on the dev set, per target "
                       f"subword token. BLEU: sacrebleu on the output as written (beam {self.args.beam}, length penalty "
@@ -461,6 +473,21 @@ class Experiment:
 
 # ----------------------------------------------------------------------------------------------
 # command line
+
+def parse_max_epochs(text: str | None) -> dict:
+    """--max-epochs "3,decoder=8" -> {None: 3, "decoder": 8} (None: every stage)."""
+    from nmt.config import STAGES
+    out: dict = {}
+    for item in (text or "").replace(" ", "").split(","):
+        if not item:
+            continue
+        stage, sep, value = item.rpartition("=")
+        if (sep and stage not in STAGES) or not value.isdigit() or int(value) < 1:
+            raise ExperimentError(f"--max-epochs {text!r}: expected N and/or STAGE=N with N >= 1 and STAGE one of "
+                                  f"{', '.join(STAGES)}, e.g. 3,decoder=8")
+        out[stage or None] = int(value)
+    return out
+
 
 def parse_set(items: Sequence[str]) -> dict:
     """--set KEY=VALUE (TrainConfig fields, e.g. decoder_layers=3) with the field's type."""
@@ -502,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'until convergence' is always there)")
     p.add_argument("--baseline-arch", default="transformer-base", choices=("transformer-base", "transformer-bert-size"),
                    help="the Transformer baseline (default: %(default)s)")
-    p.add_argument("--max-epochs", type=int, help="cap on epochs per run (default: 100, demo 3)")
+    p.add_argument("--max-epochs", help="cap on epochs per run: N for every stage and/or STAGE=N (stages decoder, "
+                                        "finetune, direct, scratch), e.g. 3,decoder=8 (default: 100; demo 3)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 3, demo 2)")
     p.add_argument("--max-steps", type=int, help="cap on updates per run (smoke tests)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -541,7 +569,10 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     name = f"demo-{args.pair}" if demo else Path(args.data).resolve().name
     out = Path(args.out) if args.out else REPO / "checkpoints" / "experiments" / name
     values = {**(DEMO_PRESET if demo else {}), **parse_set(args.set)}
-    for key in ("max_epochs", "patience", "max_steps"):
+    stage_epochs = parse_max_epochs(args.max_epochs)
+    if None in stage_epochs:
+        values["max_epochs"] = stage_epochs.pop(None)
+    for key in ("patience", "max_steps"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values.update(seed=args.seed, device=args.device, threads=args.threads, progress=args.progress, bert=args.bert)
@@ -584,7 +615,7 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     (out / "experiment.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args), "base_config": base.to_dict(),
                                                      "baseline_data": str(baseline) if baseline else None},
                                                     indent=1, default=str), encoding="utf-8")
-    return Experiment(out, data, baseline, base, systems, selected, args, print_fn)
+    return Experiment(out, data, baseline, base, systems, selected, args, stage_epochs, print_fn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
