@@ -16,6 +16,8 @@ it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
                     (batches of that epoch already done) locate the data position
     best_dev_loss, bad_epochs   early-stopping state
     rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    world_size      processes of the data-parallel run that wrote it (absent: 1); resuming with
+                    another number continues at the same fraction of the epoch (nmt/trainer.py)
 
 A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, ``direct/``,
 ``scratch/``), each with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
