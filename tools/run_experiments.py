@@ -252,7 +252,8 @@ def evaluate(checkpoint: Path, data_dir: Path, splits: Sequence[str], out_dir: P
             progress = tqdm(total=sum(bool(x.strip()) for x in src), desc=f"translating {name}", unit="sent",
                             leave=False, file=sys.stderr)
         t0 = time.time()
-        results = translator.translate(src, beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size)
+        results = translator.translate(src, beam=args.beam, lenpen=args.lenpen, batch_size=args.batch_size,
+                                       progress=progress)
         if progress is not None:
             progress.close()
         hyps = [r[0][0] for r in results]
@@ -543,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
     p.add_argument("--bootstrap-seed", type=int, default=12345, help="resampling seed (default: 12345)")
     p.add_argument("--seed", type=int, default=1, help="training seed (default: 1)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when available; the default)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     return p
@@ -579,6 +580,8 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    from nmt.trainer import resolve_device
+    args.device = str(resolve_device(args.device))     # one device for training and decoding
     wants_baseline = any(s.group == "transformer" for s in selected)
     if demo:
         data = demo_data_dir(args.pair)
