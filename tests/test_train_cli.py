@@ -1,0 +1,104 @@
+"""The user's path end to end through the command lines: train.py on the embedded default (no data
+arguments: demo corpus + the installed all-MiniLM-L6-v2), then translate.py; and the same path
+with Google's TensorFlow checkpoint layout given as --bert (the real TF-written MiniLM in ../shared).
+
+A few updates only: these check that the path works offline and produces a usable checkpoint, not
+translation quality (the README's measured demo results do that)."""
+import io
+import sys
+
+import pytest
+import torch
+
+import train as train_cli
+import translate as translate_cli
+from conftest import SHARED_BERT_TF, require_path
+from nmt.checkpoint import load_checkpoint
+
+SENTENCE = "Select the cells that you want to copy."
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def translate(capsys, monkeypatch, *argv) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((SENTENCE + "\n\n").encode("utf-8"))))
+    code = translate_cli.main(["--quiet", "--beam", "2", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_default_trains_offline_and_translates(tmp_path, capsys, monkeypatch):
+    """`python train.py --stage decoder` with no data arguments: prepares the embedded En-De demo,
+    converts the installed BERT once, trains; then `--stage finetune` continues from it."""
+    from nmt.pretrained import ensure_default_bert
+    try:
+        ensure_default_bert(print_fn=lambda *_: None)
+    except ValueError as e:                     # the registry package is not installed here
+        pytest.skip(str(e))
+    run = tmp_path / "run"
+    common = ["--run-dir", run, "--max-steps", "2", "--no-progress", "--encoder-cache", "off", "--max-sentences", "8"]
+    assert train_cli.main(["--stage", "decoder", *map(str, common)]) == 0
+    out = capsys.readouterr().out
+    assert "no --data: training on the embedded demo corpus (en-de)" in out
+    assert "encoder:   22.57M (trainable 0, frozen 22,565,376)" in out        # the real MiniLM, frozen
+    stage1 = load_checkpoint(run / "decoder" / "checkpoint_last.pt")
+    assert stage1["stage"] == "decoder" and stage1["step"] == 2 and stage1["config"]["decoder_layers"] == 3
+
+    # stage 2 starts from a stage-1 checkpoint (here the last one: two updates never reach a dev evaluation)
+    init = run / "decoder" / "checkpoint_last.pt"
+    assert train_cli.main(["--stage", "finetune", "--init", str(init), *map(str, common)]) == 0
+    assert f"fine-tuning from {init}" in capsys.readouterr().out
+    stage2 = load_checkpoint(run / "finetune" / "checkpoint_last.pt")
+    changed = [k for k in stage1["model"] if k.startswith("encoder.")
+               and not torch.equal(stage1["model"][k], stage2["model"][k])]
+    assert changed                                                          # BERT itself was fine-tuned
+
+    code, out, err = translate(capsys, monkeypatch, "--checkpoint", run / "finetune" / "checkpoint_last.pt")
+    assert code == 0, err
+    assert out.count("\n") == 2 and out.endswith("\n\n")                   # one line per input line
+
+
+def test_google_tf_checkpoint_layout_as_bert(tmp_path, capsys, monkeypatch):
+    """--bert DIR with bert_model.ckpt.{index,data-*} + bert_config.json + vocab.txt (Google's layout,
+    written by TensorFlow): the data is prepared with its vocabulary and stage 1 trains on it."""
+    bert = require_path(SHARED_BERT_TF)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    en = ["Select the cells that you want to copy.", "Click OK.", "Choose Format - Cells.", "Close the dialog."]
+    de = ["Wählen Sie die Zellen aus, die Sie kopieren möchten.", "Klicken Sie auf OK.",
+          "Wählen Sie Format - Zellen.", "Schließen Sie den Dialog."]
+    for name in ("train", "dev"):
+        (raw / f"{name}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
+        (raw / f"{name}.de").write_text("\n".join(de) + "\n", encoding="utf-8")
+    from tools.prepare_data import main as prepare_main
+    data = tmp_path / "data"
+    assert prepare_main(["--train-prefix", str(raw / "train"), "--valid-prefix", str(raw / "dev"), "--src", "en",
+                         "--tgt", "de", "--target-mode", "raw", "--bpe-merges", "50", "--bert", str(bert), "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    assert train_cli.main(["--data", str(data), "--bert", str(bert), "--run-dir", str(run), "--max-epochs", "1",
+                           "--decoder-layers", "1", "--no-progress", "--encoder-cache", "memory",
+                           "--cache-dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert f"encoder: BERT from {bert}" in out and "frozen 22,565,376" in out
+    code, out, err = translate(capsys, monkeypatch, "--checkpoint", run)
+    assert code == 0 and out.count("\n") == 2, err
+
+    # a BERT whose vocabulary is not the one the data was prepared with is refused, naming both
+    other = tmp_path / "other_bert"
+    other.mkdir()
+    for f in bert.iterdir():
+        (other / f.name).symlink_to(f)
+    (other / "vocab.txt").unlink()
+    words = (bert / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    words[1000], words[1001] = words[1001], words[1000]
+    (other / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    code = train_cli.main(["--data", str(data), "--bert", str(other), "--run-dir", str(tmp_path / "run2"),
+                           "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(data) in err and "WordPiece vocabulary" in err
