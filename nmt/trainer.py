@@ -494,8 +494,10 @@ class Trainer:
         cfg = self.cfg
         counts = count_parameters(self.model)
         self.print(format_parameter_counts(counts))
+        where = "" if self.dist is None else \
+            f" on each of {self.world_size} processes ({self.dist.backend}; {self.world_size} batches per update)"
         self.print(f"stage {cfg.stage}: {len(self.train_data):,} training pairs in {self.batches_per_epoch} batches "
-                   f"per epoch, {len(self.valid_data):,} dev pairs; peak LR {self.peak_lr:g}, warm-up "
+                   f"per epoch{where}, {len(self.valid_data):,} dev pairs; peak LR {self.peak_lr:g}, warm-up "
                    f"{self.warmup_steps} updates; device {self.device}; writing to {self.out_dir}")
         if cfg.stage == "decoder":
             frozen = counts["encoder"]["frozen"]
@@ -503,7 +505,8 @@ class Trainer:
                        f"+ Adam state (12 bytes per parameter)")
         if self.step == 0:
             self.log_metrics({"event": "start", "config": cfg.to_dict(), "parameters": counts,
-                              "warmup_steps": self.warmup_steps, "batches_per_epoch": self.batches_per_epoch})
+                              "warmup_steps": self.warmup_steps, "batches_per_epoch": self.batches_per_epoch,
+                              "world_size": self.world_size})
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
             return "max_steps"
         self.maybe_build_cache()
