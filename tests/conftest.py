@@ -24,3 +24,14 @@ def bert_vocab_path() -> Path:
 @pytest.fixture
 def iwslt_dir() -> Path:
     return require_path(SHARED_IWSLT)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny models: thread start-up costs more than it saves, badly so
+    on a busy 2-core machine. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

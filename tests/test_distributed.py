@@ -21,7 +21,9 @@ from nmt.checkpoint import load_checkpoint
 from nmt.data import ParallelData, make_batches
 from nmt.distributed import launched_by_torchrun, init_from_env, shard_batches, shard_pairs
 from nmt.trainer import setup
-from test_trainer import make_cfg, one_thread, quiet, work  # noqa: F401 -- fixtures shared with the trainer tests
+from test_trainer import make_cfg, quiet, work  # noqa: F401 -- fixtures shared with the trainer tests
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")

@@ -8,13 +8,7 @@ from nmt.transformer_encoder import TransformerEncoder
 from nmt.vocab import Vocab
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread start-up costs more than it saves, badly so on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
 
 TINY = dict(embed_dim=16, num_heads=2, ffn_dim=32, num_layers=2)

@@ -19,12 +19,7 @@ from tools.evaluate import main as evaluate_main
 from tools.prepare_data import main as prepare_main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
 
 def _lines(path: Path) -> list[bytes]:

@@ -18,12 +18,7 @@ from nmt.checkpoint import load_checkpoint
 SENTENCE = "Select the cells that you want to copy."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
 
 def translate(capsys, monkeypatch, *argv) -> tuple[int, str, str]:

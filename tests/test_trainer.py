@@ -48,13 +48,7 @@ def _prepare(out: Path, raw: Path, train_pairs, dev_pairs, bpe_merges=150) -> Pa
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tests share 2 cores with everything else: one torch thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # translate.py 
 import translate  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread start-up costs more than it saves, badly so on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
 
 WORDS = "the a cat dog sat on mat house is small big red".split()
