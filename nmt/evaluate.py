@@ -300,13 +300,11 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     exp(NLL per target token, EOS included), so it equals the ``dev.ppl`` the trainer logged for
     that checkpoint. Returns {"loss", "nll", "ppl", "tokens", "sentences"}.
     """
-    import torch
-
     from nmt.checkpoint import load_checkpoint
-    from nmt.data import ParallelData, collate, make_batches, read_meta
+    from nmt.data import ParallelData, read_meta
     from nmt.loss import label_smoothed_nll_loss
     from nmt.text import SourcePipeline, TargetPipeline
-    from nmt.trainer import Totals, check_vocabularies, model_from_checkpoint
+    from nmt.trainer import check_vocabularies, dev_batches, model_from_checkpoint, sum_losses
 
     data_dir, checkpoint = Path(data_dir), Path(checkpoint)
     splits = read_meta(data_dir).get("splits", {})
@@ -323,12 +321,9 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     max_sentences = max_sentences or int(config.get("max_sentences", 500))
     model, _ = model_from_checkpoint(ckpt)
     model.to(device).eval()
-    totals = Totals()
-    with torch.no_grad():
-        for idx in make_batches(data.src_lengths, data.tgt_lengths, max_sentences=max_sentences,
-                                max_tokens=config.get("max_tokens"), seed=0, epoch=0):
-            batch = collate(data, idx, source.pad_id).to(device)
-            logits = model(batch.src_ids, batch.src_mask, batch.prev_tokens)
-            loss_sum, nll_sum = label_smoothed_nll_loss(logits, batch.target, epsilon=epsilon)
-            totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
-    return totals.summary()
+    def loss_fn(batch):
+        logits = model(batch.src_ids, batch.src_mask, batch.prev_tokens)
+        return label_smoothed_nll_loss(logits, batch.target, epsilon=epsilon)
+
+    batches = dev_batches(data, max_sentences, config.get("max_tokens"))
+    return sum_losses(data, batches, source.pad_id, device, loss_fn).summary()

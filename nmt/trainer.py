@@ -83,6 +83,25 @@ class Totals:
 # ----------------------------------------------------------------------------------------------
 # setup: from a config to a Trainer
 
+def dev_batches(data: ParallelData, max_sentences: int, max_tokens: int | None) -> list[np.ndarray]:
+    """The fixed (seed 0, epoch 0) length-bucketed batches a dev/test split is scored in."""
+    return make_batches(data.src_lengths, data.tgt_lengths, max_sentences=max_sentences, max_tokens=max_tokens,
+                        seed=0, epoch=0)
+
+
+@torch.no_grad()
+def sum_losses(data: ParallelData, batches, src_pad_id: int, device, loss_fn) -> Totals:
+    """Loss and NLL sums of ``loss_fn(batch) -> (loss_sum, nll_sum)`` over the given batches of a split
+    (the caller puts the model in eval mode). One loop for the trainer's dev evaluation and
+    nmt.evaluate.checkpoint_perplexity, so the two give the same numbers."""
+    totals = Totals()
+    for idx in batches:
+        batch = collate(data, idx, src_pad_id).to(device)
+        loss_sum, nll_sum = loss_fn(batch)
+        totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
+    return totals
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -326,8 +345,7 @@ class Trainer:
                              shard=self.rank if world_size == self.world_size else 0)
 
     def valid_batches(self) -> list[np.ndarray]:
-        return make_batches(self.valid_data.src_lengths, self.valid_data.tgt_lengths,
-                            max_sentences=self.cfg.max_sentences, max_tokens=self.cfg.max_tokens, seed=0, epoch=0)
+        return dev_batches(self.valid_data, self.cfg.max_sentences, self.cfg.max_tokens)
 
     # -- state
     def state_dict(self) -> dict:
@@ -449,11 +467,8 @@ class Trainer:
         """Dev loss and perplexity (nats; ppl = exp(NLL per token)) with dropout off.
         Distributed: each rank scores every world_size-th dev batch, the sums are reduced."""
         self.model.eval()
-        totals = Totals()
-        for idx in self.valid_batches()[self.rank::self.world_size]:
-            batch = collate(self.valid_data, idx, self.src_pad_id).to(self.device)
-            loss_sum, nll_sum = self.forward_loss(batch)
-            totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
+        totals = sum_losses(self.valid_data, self.valid_batches()[self.rank::self.world_size], self.src_pad_id,
+                            self.device, self.forward_loss)
         return self.reduce_totals(totals).summary()
 
     def reduce_totals(self, totals: Totals) -> Totals:
