@@ -289,6 +289,11 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, prev_tokens: Tensor, encoder_out: Tensor, src_mask: Tensor) -> Tensor:
         """prev_tokens [B,T] (BOS y1 .. y_{T-1}, right-padded), encoder_out [B,S,H], src_mask [B,S] -> logits [B,T,V]."""
+        return self.output_projection(self.features(prev_tokens, encoder_out, src_mask))
+
+    def features(self, prev_tokens: Tensor, encoder_out: Tensor, src_mask: Tensor) -> Tensor:
+        """The last layer's output before the output projection: [B,T,H] (training fuses the
+        projection into the loss, nmt/loss.py ``projected_label_smoothed_nll_loss``)."""
         T = prev_tokens.size(1)
         if T > self.max_positions:
             raise ValueError(f"target prefix of {T} tokens exceeds the decoder's max_positions {self.max_positions}")
@@ -297,7 +302,7 @@ class TransformerDecoder(nn.Module):
         for layer in self.layers:
             k, v = layer.cross_attn.memory_kv(encoder_out)                        # [B,h,S,d]
             x = layer(x, k, v, mask)
-        return self.output_projection(x)                                         # [B,T,V]
+        return x                                                                 # [B,T,H]
 
     # -- incremental decoding --------------------------------------------------------------------
     def init_state(self, encoder_out: Tensor, src_mask: Tensor) -> DecoderState:

@@ -302,7 +302,6 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     """
     from nmt.checkpoint import load_checkpoint
     from nmt.data import ParallelData, read_meta
-    from nmt.loss import label_smoothed_nll_loss
     from nmt.text import SourcePipeline, TargetPipeline
     from nmt.trainer import check_vocabularies, dev_batches, model_from_checkpoint, sum_losses
 
@@ -322,8 +321,7 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     model, _ = model_from_checkpoint(ckpt)
     model.to(device).eval()
     def loss_fn(batch):
-        logits = model(batch.src_ids, batch.src_mask, batch.prev_tokens)
-        return label_smoothed_nll_loss(logits, batch.target, epsilon=epsilon)
+        return model(batch.src_ids, batch.src_mask, batch.prev_tokens, target=batch.target, label_smoothing=epsilon)
 
     batches = dev_batches(data, max_sentences, config.get("max_tokens"))
     return sum_losses(data, batches, source.pad_id, device, loss_fn).summary()

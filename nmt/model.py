@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.decoder import DecoderConfig, TransformerDecoder
+from nmt.loss import projected_label_smoothed_nll_loss
 from nmt.transformer_encoder import BASELINE_SHAPES, TransformerEncoder, TransformerEncoderConfig
 from nmt.vocab import Vocab
 
@@ -134,11 +135,20 @@ class Seq2Seq(nn.Module):
             return self.encoder(src_ids, src_mask)
 
     def forward(self, src_ids: Tensor, src_mask: Tensor, prev_tokens: Tensor,
-                encoder_out: Tensor | None = None) -> Tensor:
-        """-> logits [B,T,V]; pass ``encoder_out`` [B,S,H] to reuse an encoding."""
+                encoder_out: Tensor | None = None, target: Tensor | None = None,
+                label_smoothing: float = 0.1):
+        """-> logits [B,T,V]; pass ``encoder_out`` [B,S,H] to reuse an encoding.
+
+        With ``target`` [B,T] -> (loss_sum, nll_sum) instead (nmt/loss.py): the output projection is
+        fused into the label-smoothed loss, so the [B,T,V] logits are never built. Training goes
+        through here (not a separate method) so that a DistributedDataParallel wrapper sees it."""
         if encoder_out is None:
             encoder_out = self.encode(src_ids, src_mask)
-        return self.decoder(prev_tokens, encoder_out, src_mask)
+        if target is None:
+            return self.decoder(prev_tokens, encoder_out, src_mask)
+        hidden = self.decoder.features(prev_tokens, encoder_out, src_mask)                 # [B,T,H]
+        return projected_label_smoothed_nll_loss(hidden, self.decoder.output_projection.weight, target,
+                                                 epsilon=label_smoothing)
 
 
 def build_model(spec: ModelSpec) -> Seq2Seq:

@@ -1,11 +1,12 @@
-"""label_smoothed_nll_loss against hand-computed values and two independent formulations."""
+"""label_smoothed_nll_loss against hand-computed values and two independent formulations; the fused
+projection + loss (projected_label_smoothed_nll_loss) against the plain one, values and gradients."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.loss import label_smoothed_nll_loss, perplexity
+from nmt.loss import label_smoothed_nll_loss, perplexity, projected_label_smoothed_nll_loss
 from nmt.vocab import Vocab
 
 
@@ -78,3 +79,60 @@ def test_all_padding_gives_zero_and_bad_shapes_raise():
 def test_perplexity_is_exp_of_mean_nll():
     assert perplexity(math.log(10) * 4, 4) == pytest.approx(10)
     assert perplexity(1e6, 1) == float("inf")
+
+
+def _projection_case(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 7, 16, generator=g, dtype=dtype) * 2
+    weight = torch.randn(50, 16, generator=g, dtype=dtype) * 0.5
+    target = torch.randint(1, 50, (3, 7), generator=g)
+    target[0, 4:] = Vocab.PAD
+    target[2, 6] = Vocab.PAD
+    return hidden, weight, target
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])            # uneven chunks, and everything at once
+def test_projected_loss_values_and_gradients_equal_the_plain_loss(dtype, tol, chunk_rows):
+    hidden, weight, target = _projection_case(dtype)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    plain = label_smoothed_nll_loss if dtype == torch.float32 else \
+        (lambda logits, target, epsilon: _fairseq_formulation(logits, target, epsilon, Vocab.PAD))   # float64
+    loss1, nll1 = plain(h1 @ w1.T, target, epsilon=0.1)
+    loss2, nll2 = projected_label_smoothed_nll_loss(h2, w2, target, epsilon=0.1, chunk_bytes=chunk_rows * 4 * 50)
+    (3.0 * loss1).backward()                                     # a scaled loss, as the trainer's 1/tokens
+    (3.0 * loss2).backward()
+    torch.testing.assert_close(loss2.double(), loss1.double(), rtol=tol, atol=0)
+    torch.testing.assert_close(nll2.double(), nll1.double(), rtol=tol, atol=0)
+    torch.testing.assert_close(h2.grad, h1.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=tol, atol=tol)
+    assert h2.grad.dtype == dtype and w2.grad.dtype == dtype
+    assert h2.grad[0, 4:].abs().sum() == 0                       # PAD positions get no gradient
+    assert not nll2.requires_grad
+
+
+def test_projected_loss_without_grad_and_with_a_frozen_input():
+    hidden, weight, target = _projection_case(torch.float32, seed=3)
+    ref = label_smoothed_nll_loss(hidden @ weight.T, target, epsilon=0.2)
+    with torch.no_grad():
+        got = projected_label_smoothed_nll_loss(hidden, weight.requires_grad_(), target, epsilon=0.2)
+    torch.testing.assert_close(got, ref)
+    assert not got[0].requires_grad
+    # only the projection trains (hidden frozen): its gradient still matches
+    w1, w2 = weight.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    label_smoothed_nll_loss(hidden @ w1.T, target, epsilon=0.2)[0].backward()
+    projected_label_smoothed_nll_loss(hidden, w2, target, epsilon=0.2)[0].backward()
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_projected_loss_all_padding_and_bad_shapes():
+    weight = torch.randn(5, 4, requires_grad=True)
+    loss, nll = projected_label_smoothed_nll_loss(torch.randn(1, 2, 4), weight, torch.zeros(1, 2, dtype=torch.long))
+    assert loss.item() == 0 and nll.item() == 0
+    loss.backward()
+    assert weight.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="do not match"):
+        projected_label_smoothed_nll_loss(torch.randn(2, 3, 4), weight, torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="do not match"):
+        projected_label_smoothed_nll_loss(torch.randn(2, 3, 6), weight, torch.zeros(2, 3, dtype=torch.long))

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from nmt.loss import label_smoothed_nll_loss
 from nmt.model import (ModelSpec, ModelSpecError, Seq2Seq, build_model, count_parameters,
                        format_parameter_counts)
 from nmt.transformer_encoder import TransformerEncoder
@@ -69,6 +70,23 @@ def test_forward_with_precomputed_encoder_out_is_the_same():
     out = model(src, mask, prev)
     assert out.shape == (2, 3, 20)
     assert torch.equal(out, model(src, mask, prev, encoder_out=model.encode(src, mask)))
+
+
+def test_forward_with_target_is_the_label_smoothed_loss_of_the_logits_with_the_same_gradients():
+    model = tiny_model(dropout=0.0)
+    model.set_stage("finetune")
+    src, mask, prev = batch()
+    target = torch.tensor([[5, 6, Vocab.EOS], [7, Vocab.EOS, Vocab.PAD]])
+    loss_ref, nll_ref = label_smoothed_nll_loss(model(src, mask, prev), target, epsilon=0.1)
+    loss_ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss, nll = model(src, mask, prev, target=target, label_smoothing=0.1)
+    loss.backward()
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(nll, nll_ref)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_baseline_shapes_follow_the_paper():
