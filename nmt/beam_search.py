@@ -5,7 +5,9 @@ decoder runs one position at a time with a key/value cache (cross-attention K/V 
 sentence, see nmt/decoder.py). At every step, for each sentence:
 
 1. every open hypothesis is extended by every token: ``score + log p(token)`` -> the best
-   ``2 * beam`` candidates (so that hypotheses ending in EOS never empty the beam);
+   ``2 * beam`` candidates (so that hypotheses ending in EOS never empty the beam); the output
+   projection, log-softmax and top-k run over chunks of whole sentences, so the [N, V] logits are
+   never built at once; step 0 runs one row per sentence (all beams would share the BOS prefix);
 2. EOS candidates among the best ``beam`` are FINISHED with the score
    ``sum(log p) / len ** lenpen`` where ``len`` counts the generated tokens INCLUDING the EOS
    (fairseq: ``eos_scores /= (step + 1) ** len_penalty``);
@@ -84,14 +86,46 @@ def _decoder_limit(model) -> int:
     return int(getattr(model.decoder, "max_positions", 1 << 30)) - 1
 
 
+def _chunk_rows(vocab_size: int, device: torch.device, chunk_bytes: int | None) -> int:
+    """Hypotheses per projection chunk: [rows, V] float32 stays under ``chunk_bytes`` (CPU default
+    16 MiB: cache-sized and reused by the allocator instead of page-faulted anew; GPU: 1 GiB)."""
+    if chunk_bytes is None:
+        chunk_bytes = 16 * 2**20 if device.type == "cpu" else 2**30
+    return max(1, chunk_bytes // (4 * vocab_size))
+
+
+def _top_candidates(decoder, hidden: Tensor, scores: Tensor, beams: int, n: int, step: int,
+                    max_len: Tensor, min_len: Tensor, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+    """The ``n`` best ``score + log p(token)`` over each sentence's ``beams`` x V continuations.
+
+    hidden [N,H] (N = B' * beams), scores [N]; max_len, min_len [B'] (CPU) -> values, indices [B',n]
+    (index = beam * V + token). Runs over chunks of whole sentences, so the [N,V] logits are never
+    materialised at once.
+    """
+    num_sentences = hidden.size(0) // beams
+    per_chunk = max(1, rows_per_chunk // beams)
+    values, indices = [], []
+    for s0 in range(0, num_sentences, per_chunk):
+        s1 = min(num_sentences, s0 + per_chunk)
+        rows = slice(s0 * beams, s1 * beams)
+        lprobs = _prepare_lprobs(decoder.output_projection(hidden[rows]), step,
+                                 max_len[s0:s1].repeat_interleave(beams), min_len[s0:s1].repeat_interleave(beams))
+        cand = lprobs.add_(scores[rows, None]).view(s1 - s0, -1)                  # [c, beams*V]
+        v, i = cand.topk(min(n, cand.size(1)), dim=1)
+        values.append(v)
+        indices.append(i)
+    return (values[0], indices[0]) if len(values) == 1 else (torch.cat(values), torch.cat(indices))
+
+
 @torch.no_grad()
 def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, lenpen: float = 1.0,
                 max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1, nbest: int = 1,
-                early_stop: bool = True) -> list[list[Hypothesis]]:
+                early_stop: bool = True, chunk_bytes: int | None = None) -> list[list[Hypothesis]]:
     """Translate a batch. src_ids, src_mask [B,S] -> per sentence, the ``nbest`` best hypotheses.
 
-    ``model`` needs ``encode(src_ids, src_mask)`` and a ``decoder`` with ``init_state``, ``step``
-    and ``reorder_state`` (nmt.model.Seq2Seq). Call ``model.eval()`` first.
+    ``model`` needs ``encode(src_ids, src_mask)`` and a ``decoder`` with ``init_state``,
+    ``step_features``, ``output_projection`` and ``reorder_state`` (nmt.model.Seq2Seq). Call
+    ``model.eval()`` first. ``chunk_bytes`` bounds the logits block of one projection call.
     """
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got beam {beam_size}, nbest {nbest}")
@@ -100,29 +134,27 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
     decoder = model.decoder
     max_len = max_lengths(src_mask, max_len_a, max_len_b, _decoder_limit(model))    # [B] CPU
     min_len_t = torch.minimum(torch.full_like(max_len, min_len), max_len)           # [B] CPU
+    rows_per_chunk = _chunk_rows(decoder.vocab_size, device, chunk_bytes)
 
     encoder_out = model.encode(src_ids, src_mask)                                    # [B,S,H]
     state = decoder.init_state(encoder_out, src_mask)                               # K/V once per sentence
-    state = decoder.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))
 
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     kth_best = torch.full((B,), -math.inf, dtype=torch.double)      # beam-th best finished score
     sent_ids = torch.arange(B)                                       # [B'] original index of each active sentence
-    tokens = torch.full((B * K, 1), Vocab.BOS, dtype=torch.long, device=device)   # [N, t+1] with N = B'*K
-    scores = torch.zeros(B, K, device=device)                                      # [B',K] cumulative log p
-    scores[:, 1:] = -math.inf                                        # all beams start identical: keep one
-    scores = scores.view(-1)
-    offsets_2k = torch.arange(2 * K, device=device)
+    # N = B' * beams rows; all K beams of step 0 would be the same prefix (BOS), so step 0 runs ONE
+    # row per sentence and the beam only widens to K with the first candidates
+    tokens = torch.full((B, 1), Vocab.BOS, dtype=torch.long, device=device)       # [N, t+1]
+    scores = torch.zeros(B, device=device)                                         # [N] cumulative log p
 
     step = 0
     while sent_ids.numel():
         Bp = sent_ids.numel()
-        logits = decoder.step(tokens[:, -1], state)                                # [N,V]
-        V = logits.size(-1)
-        lprobs = _prepare_lprobs(logits, step, max_len[sent_ids].repeat_interleave(K),
-                                 min_len_t[sent_ids].repeat_interleave(K))
-        cand = (scores[:, None] + lprobs).view(Bp, K * V)                         # [B',K*V]
-        cand_scores, cand_idx = cand.topk(min(2 * K, K * V), dim=1)               # [B',2K]
+        beams = tokens.size(0) // Bp                                               # 1 at step 0, then K
+        hidden = decoder.step_features(tokens[:, -1], state)                       # [N,H]
+        cand_scores, cand_idx = _top_candidates(decoder, hidden, scores, beams, 2 * K, step, max_len[sent_ids],
+                                                min_len_t[sent_ids], rows_per_chunk)   # [B',2K]
+        V = decoder.vocab_size
         cand_beams, cand_tokens = cand_idx // V, cand_idx % V                     # [B',2K]
         is_eos = cand_tokens.eq(Vocab.EOS) & torch.isfinite(cand_scores)          # [B',2K]
 
@@ -130,7 +162,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
         eos_top = is_eos[:, :K]
         b_idx, c_idx = eos_top.nonzero(as_tuple=True)
         if b_idx.numel():
-            rows = b_idx * K + cand_beams[b_idx, c_idx]
+            rows = b_idx * beams + cand_beams[b_idx, c_idx]
             hyp_tokens = tokens[rows, 1:].tolist()
             hyp_scores = (cand_scores[b_idx, c_idx].double() / (step + 1) ** lenpen).tolist()
             touched = set()
@@ -143,11 +175,15 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
                     kth_best[s] = sorted((h.score for h in finished[s]), reverse=True)[K - 1]
 
         # 3. the best K non-EOS candidates stay open
-        order_key = is_eos.long() * (2 * K) + offsets_2k[: is_eos.size(1)]        # EOS sorted last
-        active = order_key.topk(K, dim=1, largest=False).indices                  # [B',K]
+        num_cand = is_eos.size(1)
+        order_key = is_eos.long() * num_cand + torch.arange(num_cand, device=device)   # EOS sorted last
+        active = order_key.topk(min(K, num_cand), dim=1, largest=False).indices   # [B',K]
         new_beams = cand_beams.gather(1, active)
         new_tokens = cand_tokens.gather(1, active)
         new_scores = cand_scores.gather(1, active)                                 # [B',K]
+        # with fewer than K non-EOS candidates (a vocabulary smaller than the beam), the EOS ones
+        # that fill the beam are dead ends
+        new_scores = new_scores.masked_fill(is_eos.gather(1, active), -math.inf)
 
         # which sentences are done
         n_done = torch.tensor([len(finished[int(s)]) for s in sent_ids])
@@ -158,7 +194,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
             bound = best_open / final_len ** lenpen                                # best reachable score
             done = ~torch.isfinite(best_open) | ((n_done >= K) & (kth_best[sent_ids] >= bound))
 
-        rows = (torch.arange(Bp, device=device)[:, None] * K + new_beams)          # [B',K] rows into N
+        rows = (torch.arange(Bp, device=device)[:, None] * beams + new_beams)      # [B',K] rows into N
         if done.any():
             keep = (~done).nonzero(as_tuple=True)[0]                               # [B''] CPU
             keep_dev = keep.to(device)
@@ -227,7 +263,13 @@ class ScriptedModel:
         def init_state(self, encoder_out, src_mask):
             return {"prefixes": [() for _ in range(encoder_out.size(0))], "length": 0}
 
+        def output_projection(self, x):          # step_features already gives log-probs
+            return x
+
         def step(self, prev_token, state):
+            return self.step_features(prev_token, state)
+
+        def step_features(self, prev_token, state):
             prefixes = state["prefixes"]
             if state["length"] > 0:
                 prefixes = [p + (int(t),) for p, t in zip(prefixes, prev_token)]

@@ -167,14 +167,40 @@ class SelfAttention(nn.Module):
         return self._merge(y)
 
     def step(self, x: Tensor, cache: dict) -> Tensor:
-        """x [N,1,H] (the newest position); cache {"k","v": [N,h,t,d]} grows to t+1 -> [N,1,H]."""
+        """x [N,1,H] (the newest position t) -> [N,1,H]; cache {"k","v": [N,h,t,d] or, after
+        ``reorder_cache``, [N,h,t+1,d] with slot t free; "t": positions filled} gains position t."""
         q, k, v = self._heads(x)                                                  # [N,h,1,d]
-        cache["k"] = k if cache["k"] is None else torch.cat([cache["k"], k], dim=2)
-        cache["v"] = v if cache["v"] is None else torch.cat([cache["v"], v], dim=2)
+        t = cache["t"]
+        if cache["k"] is not None and cache["k"].size(2) == t + 1:               # write into the free slot
+            cache["k"][:, :, t:] = k
+            cache["v"][:, :, t:] = v
+        else:
+            cache["k"] = k.contiguous() if t == 0 else torch.cat([cache["k"], k], dim=2)
+            cache["v"] = v.contiguous() if t == 0 else torch.cat([cache["v"], v], dim=2)
+        cache["t"] = t + 1
+        keys, values = cache["k"], cache["v"]                                     # [N,h,t+1,d]
         # every cached position is in the past and no prefix holds padding: no mask needed
-        y = F.scaled_dot_product_attention(q, cache["k"], cache["v"],
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if x.device.type == "cpu" and not self.training:
+            # one query row: two batched matmuls are ~2x faster on CPU than SDPA's kernel (measured)
+            scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.head_dim ** -0.5)   # [N,h,1,t+1]
+            y = torch.matmul(scores.softmax(-1), values)                                    # [N,h,1,d]
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, dropout_p=self.dropout if self.training else 0.0)
         return self._merge(y)
+
+    @staticmethod
+    @torch.no_grad()
+    def reorder_cache(cache: dict, new_order: Tensor) -> None:
+        """Keep rows ``new_order`` [N'] of the cache, copied ONCE into buffers with a free slot for the
+        next position (so ``step`` never concatenates). Incremental decoding is inference only."""
+        t = cache["t"]
+        if cache["k"] is None:
+            return
+        for name in ("k", "v"):
+            old = cache[name]                                                     # [N,h,>=t,d]
+            new = old.new_empty(new_order.numel(), old.size(1), t + 1, old.size(3))
+            torch.index_select(old[:, :, :t], 0, new_order, out=new[:, :, :t])
+            cache[name] = new
 
 
 class CrossAttention(nn.Module):
@@ -258,7 +284,7 @@ class DecoderState:
     cross_k: list[Tensor]          # per layer [B,h,S,d]: encoder keys, once per sentence
     cross_v: list[Tensor]          # per layer [B,h,S,d]
     cross_mask: Tensor             # [B,1,1,S] bool, True = real source token
-    self_cache: list[dict] = field(default_factory=list)   # per layer {"k","v": [N,h,t,d] or None}
+    self_cache: list[dict] = field(default_factory=list)   # per layer {"k","v": [N,h,t(+1),d] or None, "t": t}
     length: int = 0                # t: prefix positions already fed
 
     @property
@@ -309,7 +335,7 @@ class TransformerDecoder(nn.Module):
         """Cross-attention K/V of every layer, computed once. encoder_out [B,S,H], src_mask [B,S]."""
         ks, vs = zip(*(layer.cross_attn.memory_kv(encoder_out) for layer in self.layers))
         return DecoderState(list(ks), list(vs), src_mask[:, None, None, :],
-                            [{"k": None, "v": None} for _ in self.layers])
+                            [{"k": None, "v": None, "t": 0} for _ in self.layers])
 
     def step(self, prev_token: Tensor, state: DecoderState) -> Tensor:
         """Feed position t = state.length for N prefixes: prev_token [N] -> logits [N,V].
@@ -317,6 +343,10 @@ class TransformerDecoder(nn.Module):
         N must be a multiple of the number of source sentences B; rows ``b*G .. b*G+G-1`` belong
         to sentence b (G = N // B, e.g. the beam).
         """
+        return self.output_projection(self.step_features(prev_token, state))
+
+    def step_features(self, prev_token: Tensor, state: DecoderState) -> Tensor:
+        """``step`` before the output projection: [N] -> [N,H] (beam search projects row chunks)."""
         t = state.length
         if t >= self.max_positions:
             raise ValueError(f"decoding past the decoder's max_positions {self.max_positions}")
@@ -325,7 +355,7 @@ class TransformerDecoder(nn.Module):
         for layer, cache, k, v in zip(self.layers, state.self_cache, state.cross_k, state.cross_v):
             x = layer.step(x, cache, k, v, state.cross_mask)
         state.length = t + 1
-        return self.output_projection(x[:, 0])                                   # [N,V]
+        return x[:, 0]                                                           # [N,H]
 
     def reorder_state(self, state: DecoderState, new_order: Tensor,
                       source_order: Tensor | None = None) -> DecoderState:
@@ -335,9 +365,7 @@ class TransformerDecoder(nn.Module):
         ``new_order`` must then be grouped by the kept sentences in that order. Updated in place.
         """
         for cache in state.self_cache:
-            if cache["k"] is not None:
-                cache["k"] = cache["k"].index_select(0, new_order)
-                cache["v"] = cache["v"].index_select(0, new_order)
+            SelfAttention.reorder_cache(cache, new_order)
         if source_order is not None:
             state.cross_k = [k.index_select(0, source_order) for k in state.cross_k]
             state.cross_v = [v.index_select(0, source_order) for v in state.cross_v]

@@ -7,7 +7,8 @@ target vocabulary. HF's model is ``BartForConditionalGeneration`` configured to 
 (post-norm, sinusoid-free learned positions -- same FLOPs up to the embeddings); CTranslate2 runs
 that same BART after conversion. Every system is forced to produce exactly ``--tgt-len`` tokens
 plus EOS for every hypothesis (min length = max length), so all do the same number of decoder
-steps. Reports sentences/s and generated tokens/s at beam 10 and beam 1, batch 1 and batch 64.
+steps. Reports sentences/s and generated tokens/s at beam 10 and beam 1, batch 1 and batch 64: the
+fastest of ``--repeats`` runs per system, the systems taking turns.
 
     python tools/bench_translate.py                      # CPU, all threads
     python tools/bench_translate.py --device cuda --sentences 256
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
     p.add_argument("--tgt-len", type=int, default=20, help="generated tokens per sentence (EOS not counted)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-ctranslate2", action="store_true")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per system and setting, round-robin over the systems; the fastest counts "
+                        "(a shared machine only ever adds time)")
+    p.add_argument("--settings", default="10x1,10x64,1x1,1x64", help="beam x batch pairs to time")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,15 +146,18 @@ def main(argv=None) -> int:
     print(f"device {device}, threads {torch.get_num_threads()}, src {args.src_len} tokens, "
           f"output {args.tgt_len} tokens + EOS, H {H}, {LAYERS}+{LAYERS} layers, target vocab {TGT_VOCAB}")
     print(f"{'beam':>4} {'batch':>5} {'system':>12} {'sent/s':>9} {'tok/s':>9} {'nmt speed-up':>13}")
-    for beam in (10, 1):
-        for batch in (1, 64):
-            count = args.sentences_batch1 if batch == 1 else args.sentences
-            sub = (sources[0][:count], sources[1][:count])
-            times = {name: time_system(run, sub, batch, beam, args.tgt_len, device) for name, run in systems.items()}
-            for name, t in times.items():
-                ratio = "" if name == "nmt" else f"{t / times['nmt']:.2f}x"
-                print(f"{beam:>4} {batch:>5} {name:>12} {count / t:>9.2f} {count * args.tgt_len / t:>9.1f} {ratio:>13}",
-                      flush=True)
+    for setting in args.settings.split(","):
+        beam, batch = (int(v) for v in setting.split("x"))
+        count = args.sentences_batch1 if batch == 1 else args.sentences
+        sub = (sources[0][:count], sources[1][:count])
+        times = {name: float("inf") for name in systems}
+        for _ in range(args.repeats):
+            for name, run in systems.items():
+                times[name] = min(times[name], time_system(run, sub, batch, beam, args.tgt_len, device))
+        for name, t in times.items():
+            ratio = "" if name == "nmt" else f"{t / times['nmt']:.2f}x"
+            print(f"{beam:>4} {batch:>5} {name:>12} {count / t:>9.2f} {count * args.tgt_len / t:>9.1f} {ratio:>13}",
+                  flush=True)
     return 0
 
 
