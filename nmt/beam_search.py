@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from nmt.loss import logit_chunk_rows
 from nmt.vocab import Vocab
 
 
@@ -86,15 +88,18 @@ def _decoder_limit(model) -> int:
     return int(getattr(model.decoder, "max_positions", 1 << 30)) - 1
 
 
-def _chunk_rows(vocab_size: int, device: torch.device, chunk_bytes: int | None) -> int:
-    """Hypotheses per projection chunk: [rows, V] float32 stays under ``chunk_bytes`` (CPU default
-    16 MiB: cache-sized and reused by the allocator instead of page-faulted anew; GPU: 1 GiB)."""
-    if chunk_bytes is None:
-        chunk_bytes = 16 * 2**20 if device.type == "cpu" else 2**30
-    return max(1, chunk_bytes // (4 * vocab_size))
+def _output_projection(decoder) -> Callable[[Tensor], Tensor]:
+    """hidden [N,H] -> logits [N,V]. A bias-free ``nn.Linear`` is applied as ``hidden @ W.T`` with
+    ``W.T`` copied ONCE per search into a contiguous [H,V] matrix: for a few rows MKL's GEMM is up to
+    3.5x faster in that layout (1 CPU thread, V = 16,000: 1.3 ms instead of 4.5 ms for one row)."""
+    projection = decoder.output_projection
+    if isinstance(projection, nn.Linear) and projection.bias is None:
+        weight_t = projection.weight.t().contiguous()                             # [H,V]
+        return lambda hidden: hidden @ weight_t
+    return projection
 
 
-def _top_candidates(decoder, hidden: Tensor, scores: Tensor, beams: int, n: int, step: int,
+def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int, step: int,
                     max_len: Tensor, min_len: Tensor, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
     """The ``n`` best ``score + log p(token)`` over each sentence's ``beams`` x V continuations.
 
@@ -108,7 +113,7 @@ def _top_candidates(decoder, hidden: Tensor, scores: Tensor, beams: int, n: int,
     for s0 in range(0, num_sentences, per_chunk):
         s1 = min(num_sentences, s0 + per_chunk)
         rows = slice(s0 * beams, s1 * beams)
-        lprobs = _prepare_lprobs(decoder.output_projection(hidden[rows]), step,
+        lprobs = _prepare_lprobs(project(hidden[rows]), step,
                                  max_len[s0:s1].repeat_interleave(beams), min_len[s0:s1].repeat_interleave(beams))
         cand = lprobs.add_(scores[rows, None]).view(s1 - s0, -1)                  # [c, beams*V]
         v, i = cand.topk(min(n, cand.size(1)), dim=1)
@@ -134,7 +139,8 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
     decoder = model.decoder
     max_len = max_lengths(src_mask, max_len_a, max_len_b, _decoder_limit(model))    # [B] CPU
     min_len_t = torch.minimum(torch.full_like(max_len, min_len), max_len)           # [B] CPU
-    rows_per_chunk = _chunk_rows(decoder.vocab_size, device, chunk_bytes)
+    rows_per_chunk = logit_chunk_rows(decoder.vocab_size, device, chunk_bytes)
+    project = _output_projection(decoder)
 
     encoder_out = model.encode(src_ids, src_mask)                                    # [B,S,H]
     state = decoder.init_state(encoder_out, src_mask)                               # K/V once per sentence
@@ -152,7 +158,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
         Bp = sent_ids.numel()
         beams = tokens.size(0) // Bp                                               # 1 at step 0, then K
         hidden = decoder.step_features(tokens[:, -1], state)                       # [N,H]
-        cand_scores, cand_idx = _top_candidates(decoder, hidden, scores, beams, 2 * K, step, max_len[sent_ids],
+        cand_scores, cand_idx = _top_candidates(project, hidden, scores, beams, 2 * K, step, max_len[sent_ids],
                                                 min_len_t[sent_ids], rows_per_chunk)   # [B',2K]
         V = decoder.vocab_size
         cand_beams, cand_tokens = cand_idx // V, cand_idx % V                     # [B',2K]
@@ -222,6 +228,7 @@ def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0,
     max_len = max_lengths(src_mask, max_len_a, max_len_b, _decoder_limit(model))
     min_len_t = torch.minimum(torch.full_like(max_len, min_len), max_len)
     state = decoder.init_state(model.encode(src_ids, src_mask), src_mask)
+    project = _output_projection(decoder)
     results: list[list[Hypothesis]] = [[] for _ in range(B)]
     sent_ids = torch.arange(B)
     prev = torch.full((B,), Vocab.BOS, dtype=torch.long, device=device)           # [B']
@@ -229,7 +236,8 @@ def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0,
     scores = torch.zeros(B, device=device)
     step = 0
     while sent_ids.numel():
-        lprobs = _prepare_lprobs(decoder.step(prev, state), step, max_len[sent_ids], min_len_t[sent_ids])
+        lprobs = _prepare_lprobs(project(decoder.step_features(prev, state)), step, max_len[sent_ids],
+                                 min_len_t[sent_ids])
         best, prev = lprobs.max(dim=1)                                             # [B']
         scores = scores + best
         ended = prev.eq(Vocab.EOS).cpu()

@@ -72,10 +72,14 @@ def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float = 0.1
     return loss_sum, nll_sum
 
 
-def _chunk_rows(vocab_size: int, device: torch.device, chunk_bytes: int | None) -> int:
-    """Rows per chunk: the [rows, V] float32 block stays below ``chunk_bytes`` (CPU default 16 MiB: it
-    stays in the last-level cache and below glibc's mmap threshold, so it is not page-faulted anew
-    for every chunk; GPU default 1 GiB: large GEMMs)."""
+def logit_chunk_rows(vocab_size: int, device: torch.device, chunk_bytes: int | None = None) -> int:
+    """Rows per chunk of logits: the [rows, V] float32 block stays below ``chunk_bytes`` (CPU default
+    16 MiB: it stays in the last-level cache and below glibc's mmap threshold, so it is not
+    page-faulted anew for every chunk; GPU default 1 GiB: large GEMMs). Also used by beam search.
+
+    >>> logit_chunk_rows(16000, torch.device("cpu"))
+    262
+    """
     if chunk_bytes is None:
         chunk_bytes = 16 * 2**20 if device.type == "cpu" else 2**30
     return max(1, chunk_bytes // (4 * vocab_size))
@@ -169,7 +173,7 @@ def projected_label_smoothed_nll_loss(hidden: Tensor, weight: Tensor, target: Te
     if ignore_index is not None:
         keep = target.ne(ignore_index)
         hidden, target = hidden[keep], target[keep]                             # [N,H], [N] real positions
-    rows = _chunk_rows(weight.size(0), hidden.device, chunk_bytes)
+    rows = logit_chunk_rows(weight.size(0), hidden.device, chunk_bytes)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ProjectedLoss.apply(hidden, weight, target, epsilon, rows)
     loss, nll_sum, _, _ = _fused_pass(hidden, weight, target, epsilon, rows, with_grad=False)

@@ -65,6 +65,17 @@ def test_batched_equals_one_sentence_at_a_time(search):
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
 
 
+def test_chunked_projection_gives_the_same_hypotheses():
+    # one hypothesis row per projection chunk (chunk_bytes=1) vs the whole batch in one chunk
+    model = tiny_model()
+    src, mask = sources()
+    one_chunk = beam_search(model, src, mask, beam_size=4, nbest=4, max_len_b=8)
+    row_chunks = beam_search(model, src, mask, beam_size=4, nbest=4, max_len_b=8, chunk_bytes=1)
+    assert [[h.tokens for h in hyps] for hyps in row_chunks] == [[h.tokens for h in hyps] for hyps in one_chunk]
+    for a, b in zip(row_chunks, one_chunk):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+
+
 def test_cached_scores_equal_full_recompute():
     # every returned score is sum(log p) / (len + 1)^lenpen with log p from an uncached forward pass
     model = tiny_model()
