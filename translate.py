@@ -93,6 +93,7 @@ class Translator:
         except (RuntimeError, TypeError, AttributeError) as e:
             raise TranslateError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
         device = torch.device(device)
+        model.decoder.for_decoding()             # transposed weights: faster incremental steps
         return cls(model.to(device).eval(), source, target, device)
 
     @property

@@ -41,11 +41,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from nmt.loss import logit_chunk_rows
 from nmt.vocab import Vocab
@@ -86,17 +85,6 @@ def _prepare_lprobs(logits: Tensor, step: int, max_len: Tensor, min_len: Tensor)
 
 def _decoder_limit(model) -> int:
     return int(getattr(model.decoder, "max_positions", 1 << 30)) - 1
-
-
-def _output_projection(decoder) -> Callable[[Tensor], Tensor]:
-    """hidden [N,H] -> logits [N,V]. A bias-free ``nn.Linear`` is applied as ``hidden @ W.T`` with
-    ``W.T`` copied ONCE per search into a contiguous [H,V] matrix: for a few rows MKL's GEMM is up to
-    3.5x faster in that layout (1 CPU thread, V = 16,000: 1.3 ms instead of 4.5 ms for one row)."""
-    projection = decoder.output_projection
-    if isinstance(projection, nn.Linear) and projection.bias is None:
-        weight_t = projection.weight.t().contiguous()                             # [H,V]
-        return lambda hidden: hidden @ weight_t
-    return projection
 
 
 def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int, step: int,
@@ -140,7 +128,6 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
     max_len = max_lengths(src_mask, max_len_a, max_len_b, _decoder_limit(model))    # [B] CPU
     min_len_t = torch.minimum(torch.full_like(max_len, min_len), max_len)           # [B] CPU
     rows_per_chunk = logit_chunk_rows(decoder.vocab_size, device, chunk_bytes)
-    project = _output_projection(decoder)
 
     encoder_out = model.encode(src_ids, src_mask)                                    # [B,S,H]
     state = decoder.init_state(encoder_out, src_mask)                               # K/V once per sentence
@@ -158,8 +145,8 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
         Bp = sent_ids.numel()
         beams = tokens.size(0) // Bp                                               # 1 at step 0, then K
         hidden = decoder.step_features(tokens[:, -1], state)                       # [N,H]
-        cand_scores, cand_idx = _top_candidates(project, hidden, scores, beams, 2 * K, step, max_len[sent_ids],
-                                                min_len_t[sent_ids], rows_per_chunk)   # [B',2K]
+        cand_scores, cand_idx = _top_candidates(decoder.output_projection, hidden, scores, beams, 2 * K, step,
+                                                max_len[sent_ids], min_len_t[sent_ids], rows_per_chunk)  # [B',2K]
         V = decoder.vocab_size
         cand_beams, cand_tokens = cand_idx // V, cand_idx % V                     # [B',2K]
         is_eos = cand_tokens.eq(Vocab.EOS) & torch.isfinite(cand_scores)          # [B',2K]
@@ -228,7 +215,6 @@ def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0,
     max_len = max_lengths(src_mask, max_len_a, max_len_b, _decoder_limit(model))
     min_len_t = torch.minimum(torch.full_like(max_len, min_len), max_len)
     state = decoder.init_state(model.encode(src_ids, src_mask), src_mask)
-    project = _output_projection(decoder)
     results: list[list[Hypothesis]] = [[] for _ in range(B)]
     sent_ids = torch.arange(B)
     prev = torch.full((B,), Vocab.BOS, dtype=torch.long, device=device)           # [B']
@@ -236,8 +222,7 @@ def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0,
     scores = torch.zeros(B, device=device)
     step = 0
     while sent_ids.numel():
-        lprobs = _prepare_lprobs(project(decoder.step_features(prev, state)), step, max_len[sent_ids],
-                                 min_len_t[sent_ids])
+        lprobs = _prepare_lprobs(decoder.step(prev, state), step, max_len[sent_ids], min_len_t[sent_ids])
         best, prev = lprobs.max(dim=1)                                             # [B']
         scores = scores + best
         ended = prev.eq(Vocab.EOS).cpu()

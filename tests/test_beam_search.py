@@ -76,6 +76,21 @@ def test_chunked_projection_gives_the_same_hypotheses():
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
 
 
+@pytest.mark.parametrize("search", ["beam", "greedy"])
+def test_decoder_prepared_for_decoding_gives_the_same_hypotheses(search):
+    # translate.py's model.decoder.for_decoding(): every Linear of the decoder stored transposed
+    model, prepared = tiny_model(), tiny_model()
+    prepared.decoder.for_decoding()
+    assert not any(isinstance(m, torch.nn.Linear) for m in prepared.decoder.modules())
+    src, mask = sources()
+    run = (lambda m: beam_search(m, src, mask, beam_size=4, nbest=4, max_len_b=8)) if search == "beam" \
+        else (lambda m: greedy_search(m, src, mask, max_len_b=8))
+    plain, fast = run(model), run(prepared)
+    assert [[h.tokens for h in hyps] for hyps in fast] == [[h.tokens for h in hyps] for hyps in plain]
+    for a, b in zip(fast, plain):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+
+
 def test_cached_scores_equal_full_recompute():
     # every returned score is sum(log p) / (len + 1)^lenpen with log p from an uncached forward pass
     model = tiny_model()

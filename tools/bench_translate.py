@@ -39,6 +39,7 @@ def ours(device):
     cfg = BertConfig(vocab_size=SRC_VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                      intermediate_size=FFN, max_position_embeddings=512)
     model = build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
+    model.decoder.for_decoding()                      # as translate.py does
 
     def run(src, mask, beam, tgt_len):
         if beam == 1:
