@@ -107,7 +107,7 @@ def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int,
         v, i = cand.topk(min(n, cand.size(1)), dim=1)
         values.append(v)
         indices.append(i)
-    return (values[0], indices[0]) if len(values) == 1 else (torch.cat(values), torch.cat(indices))
+    return torch.cat(values), torch.cat(indices)
 
 
 @torch.no_grad()
