@@ -136,3 +136,21 @@ def test_projected_loss_all_padding_and_bad_shapes():
         projected_label_smoothed_nll_loss(torch.randn(2, 3, 4), weight, torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="do not match"):
         projected_label_smoothed_nll_loss(torch.randn(2, 3, 6), weight, torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_projected_loss_under_autocast_matches_the_plain_loss_under_autocast():
+    # the trainer's --amp path (CUDA autocast) runs the matmuls in bf16/fp16 and the softmax in float32;
+    # CPU autocast exercises the same branch. bf16 keeps 8 bits of mantissa, hence the tolerance.
+    hidden, weight, target = _projection_case(torch.float32, seed=5)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss1, nll1 = label_smoothed_nll_loss(torch.nn.functional.linear(h1, w1), target)
+        loss2, nll2 = projected_label_smoothed_nll_loss(h2, w2, target, chunk_bytes=3 * 4 * 50)
+    loss1.backward()
+    loss2.backward()
+    assert loss2.dtype == torch.float32 and h2.grad.dtype == torch.float32 and w2.grad.dtype == torch.float32
+    torch.testing.assert_close(loss2, loss1, rtol=1e-3, atol=0)
+    torch.testing.assert_close(nll2, nll1, rtol=1e-3, atol=0)
+    torch.testing.assert_close(h2.grad, h1.grad, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=0.02, atol=0.02)
