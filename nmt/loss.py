@@ -47,6 +47,12 @@ from torch import Tensor
 from nmt.vocab import Vocab
 
 
+def _smoothing_weights(epsilon: float, vocab_size: int) -> tuple[float, float]:
+    """(1 - epsilon - eps_i, eps_i): fairseq's weights of nll and smooth, eps_i = epsilon / (V - 1)."""
+    eps_i = epsilon / (vocab_size - 1) if vocab_size > 1 else 0.0
+    return 1.0 - epsilon - eps_i, eps_i
+
+
 def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float = 0.1,
                             ignore_index: int | None = Vocab.PAD) -> tuple[Tensor, Tensor]:
     """logits [..., V] (any float dtype; computed in float32), target [...] long -> (loss_sum, nll_sum).
@@ -67,8 +73,8 @@ def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float = 0.1
         nll = nll.masked_fill(~keep, 0.0)
         smooth = smooth.masked_fill(~keep, 0.0)
     nll_sum, smooth_sum = nll.sum(), smooth.sum()
-    eps_i = epsilon / (V - 1) if V > 1 else 0.0
-    loss_sum = (1.0 - epsilon - eps_i) * nll_sum + eps_i * smooth_sum
+    on_target, eps_i = _smoothing_weights(epsilon, V)
+    loss_sum = on_target * nll_sum + eps_i * smooth_sum
     return loss_sum, nll_sum
 
 
@@ -91,8 +97,7 @@ def _fused_pass(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, 
     d loss_sum / d hidden [N,H] and / d weight [V,H]. hidden [N,H], target [N] (no PAD). Matmuls in
     the autocast dtype when autocast is on; softmax and sums in float32 (float64 for float64 inputs)."""
     N, V = hidden.size(0), weight.size(0)
-    eps_i = epsilon / (V - 1) if V > 1 else 0.0
-    on_target = 1.0 - epsilon - eps_i
+    on_target, eps_i = _smoothing_weights(epsilon, V)
     autocast = torch.is_autocast_enabled(hidden.device.type)
     dtype = torch.get_autocast_dtype(hidden.device.type) if autocast else weight.dtype
     h_all, w = hidden.to(dtype), weight.to(dtype)
