@@ -116,9 +116,9 @@ def _fused_pass(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, 
             e = z.sub_(z_max).exp_()                                           # [c,V] exp(z - max), in place
             e_sum = e.sum(1)                                                   # [c]
             lse = z_max.squeeze(1) + e_sum.log()                               # [c] logsumexp(z)
-            nll = lse - z_target                                               # -log p(target)
-            loss += on_target * nll.sum() + eps_i * (V * lse - z_sum).sum()
-            nll_sum += nll.sum()
+            nll = (lse - z_target).sum()                                       # sum of -log p(target)
+            loss += on_target * nll + eps_i * (V * lse - z_sum).sum()
+            nll_sum += nll
             if with_grad:
                 g = e.div_(e_sum[:, None]).sub_(eps_i)                         # softmax - eps_i
                 g[torch.arange(g.size(0), device=g.device), t] -= on_target    # [c,V] d loss / d z

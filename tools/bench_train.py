@@ -221,14 +221,8 @@ def main(argv=None) -> int:
     print(f"stage 1 saves the encoder's gradients + Adam state: 12 bytes x {f['encoder_params']:,} = "
           f"{12 * f['encoder_params'] / 2**20:.0f} MiB")
     results = {}
-    child_args, given = [], list(argv or sys.argv[1:])
-    while given:                                  # every flag but --configs (as "--configs X" or "--configs=X")
-        a = given.pop(0)
-        if a == "--configs":
-            given.pop(0)
-        elif not a.startswith("--configs="):
-            child_args.append(a)
-    base_cmd = [sys.executable, str(Path(__file__).resolve())] + child_args
+    # a child gets the same flags plus --only NAME (it returns before reading --configs or --json)
+    base_cmd = [sys.executable, str(Path(__file__).resolve())] + list(argv or sys.argv[1:])
     for name in args.configs.split(","):
         out = subprocess.run(base_cmd + ["--only", name], capture_output=True, text=True)
         if out.returncode != 0:
