@@ -27,21 +27,24 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nmt.config import DEMO_BPE_MERGES, DEMO_PRESET, build_parser, config_from_args, given_options  # noqa: E402
+from nmt.config import (DEMO_PRESET, arch_preset, build_parser, config_from_args, demo_bpe_merges,  # noqa: E402
+                        given_options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     demo = given_options(args).get("data") is None
-    cfg = config_from_args(args, preset=DEMO_PRESET if demo else None)
+    preset = {**(DEMO_PRESET if demo else {}), **arch_preset(args.arch or "bert")}
+    cfg = config_from_args(args, preset=preset)
     from nmt.distributed import launched_by_torchrun
     where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)
     if demo and os.environ.get("RANK", "0") == "0":
-        overridden = [k for k in DEMO_PRESET if k in given_options(args)]
-        preset = ", ".join(f"{k}={v}" for k, v in DEMO_PRESET.items() if k not in overridden)
-        print(f"no --data: training on the embedded demo corpus ({cfg.pair}); demo preset: {preset}, "
-              f"BPE merges {DEMO_BPE_MERGES}" + (f" (overridden by flags: {', '.join(overridden)})" if overridden else ""))
+        overridden = [k for k in preset if k in given_options(args)]
+        listing = ", ".join(f"{k}={v}" for k, v in preset.items() if k not in overridden)
+        print(f"no --data: training on the embedded demo corpus ({cfg.pair}); demo preset: {listing}, "
+              f"BPE merges {demo_bpe_merges(cfg.arch)}"
+              + (f" (overridden by flags: {', '.join(overridden)})" if overridden else ""))
     dist = None
     try:
         if launched_by_torchrun():

@@ -7,9 +7,9 @@
     python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
 
 The checkpoint carries everything: the network spec and weights, and the source and target text
-pipelines (vocabularies, BPE merges). Lines are encoded, sorted by length, translated in batches
-(beam search, nmt/beam_search.py), decoded (BPE removed, detokenized) and written back in input
-order. Empty input lines give empty output lines. Lines longer than the encoder's positions are
+pipelines (vocabularies, BPE merges). The work is done by ``nmt.translator.Translator``: lines are
+encoded, sorted by length, translated in batches (beam search, nmt/beam_search.py), decoded (BPE
+removed, detokenized) and written back in input order. Empty input lines give empty output lines. Lines longer than the encoder's positions are
 truncated (with a warning naming the line). With ``--nbest N > 1`` the output is Moses n-best
 format: ``<0-based line> ||| <translation> ||| <score>``, N lines per input line. With
 ``--reference`` the corpus BLEU and sacrebleu signature are printed on stderr at the end.
@@ -18,136 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from nmt.beam_search import Hypothesis, beam_search, greedy_search
-from nmt.model import ModelSpec, Seq2Seq, build_model
+from nmt.translator import TranslateError, Translator, resolve_checkpoint  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_RUN = REPO / "checkpoints" / "demo-en-de"     # the demo run directory (train.py's default)
-
-
-class TranslateError(ValueError):
-    """Bad input to translation: names the file (and line) and what to do."""
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory: then its best model (finetune, else decoder, ...)."""
-    path = Path(path)
-    if path.is_dir():
-        try:
-            from nmt.checkpoint import best_checkpoint_path
-        except ImportError:
-            return path / "finetune" / "checkpoint_best.pt"
-        return best_checkpoint_path(path)
-    return path
-
-
-def _load_checkpoint_dict(path: Path) -> dict:
-    try:
-        from nmt.checkpoint import load_checkpoint
-    except ImportError:
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        return load_checkpoint(path)
-    if not path.is_file():
-        raise TranslateError(f"{path}: checkpoint not found (train one with train.py, or pass --checkpoint)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # truncated zip, pickle with code, ...: all "not a usable checkpoint"
-        raise TranslateError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); "
-                             f"is the file complete? re-copy it or pick another checkpoint") from None
-
-
-@dataclass
-class Translator:
-    model: Seq2Seq
-    source: object              # nmt.text.SourcePipeline
-    target: object              # nmt.text.TargetPipeline
-    device: torch.device
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
-        from nmt.text import SourcePipeline, TargetPipeline
-        path = resolve_checkpoint(path)
-        ckpt = _load_checkpoint_dict(path)
-        if not isinstance(ckpt, dict):
-            raise TranslateError(f"{path}: not an nmt checkpoint (expected a dict)")
-        missing = [k for k in ("model_spec", "model", "source", "target") if k not in ckpt]
-        if missing:
-            raise TranslateError(f"{path}: checkpoint lacks {missing}; was it written by train.py?")
-        spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
-        source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
-        target = TargetPipeline.from_dict(ckpt["target"], what=f"{path}: target")
-        if len(source.vocab_tokens) != spec.src_vocab_size or len(target.vocab) != spec.tgt_vocab_size:
-            raise TranslateError(f"{path}: vocabulary sizes (source {len(source.vocab_tokens)}, target "
-                                 f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
-                                 f"{spec.tgt_vocab_size})")
-        model = build_model(spec)
-        try:
-            model.load_state_dict(ckpt["model"], strict=True)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise TranslateError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
-        device = torch.device(device)
-        model.decoder.for_decoding()             # transposed weights: faster incremental steps
-        return cls(model.to(device).eval(), source, target, device)
-
-    @property
-    def max_source_len(self) -> int:
-        return min(int(self.source.max_positions), self.model.encoder_max_positions)
-
-    def encode_lines(self, lines: Sequence[str], name: str = "<input>",
-                     warn: Callable[[str], None] = lambda msg: None) -> list[list[int] | None]:
-        """Source ids per line; None for an empty line. Overlong lines are truncated with a warning."""
-        limit, out = self.max_source_len, []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                out.append(None)
-                continue
-            ids = self.source.encode(line)
-            if len(ids) > limit:
-                warn(f"{name}:{number}: {len(ids)} source tokens, more than the encoder's {limit} "
-                     f"positions; truncated")
-                ids = self.source.encode(line, max_length=limit)
-            out.append(ids)
-        return out
-
-    def translate(self, lines: Sequence[str], *, beam: int = 10, lenpen: float = 1.0, nbest: int = 1,
-                  batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
-                  max_len_b: int = 10, name: str = "<input>", warn: Callable[[str], None] = lambda m: None,
-                  progress=None) -> list[list[tuple[str, float]]]:
-        """Per line, ``nbest`` (text, score) pairs, best first; [("", 0.0)] for an empty line."""
-        encoded = self.encode_lines(lines, name, warn)
-        results: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
-        order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))
-        pad = self.source.pad_id
-        start = 0
-        while start < len(order):
-            longest = len(encoded[order[start]])          # sorted longest first: the batch's width
-            size = min(batch_size, max(1, (max_tokens or 1 << 62) // longest))
-            batch = order[start:start + size]
-            start += len(batch)
-            src = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros(len(batch), longest, dtype=torch.bool)
-            for row, i in enumerate(batch):
-                src[row, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, :len(encoded[i])] = True
-            src, mask = src.to(self.device), mask.to(self.device)
-            hyps: list[list[Hypothesis]]
-            if beam == 1:
-                hyps = greedy_search(self.model, src, mask, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b)
-            else:
-                hyps = beam_search(self.model, src, mask, beam_size=beam, lenpen=lenpen, nbest=nbest,
-                                   max_len_a=max_len_a, max_len_b=max_len_b)
-            for i, h in zip(batch, hyps):
-                results[i] = [(self.target.decode(x.tokens), x.score) for x in h]
-            if progress is not None:
-                progress.update(len(batch))
-        return results
 
 
 def read_input(path: str | None) -> tuple[list[str], str]:

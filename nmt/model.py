@@ -45,7 +45,7 @@ class ModelSpecError(ValueError):
 
 @dataclass
 class ModelSpec:
-    arch: str                        # "bert" | "transformer-base" | "transformer-bert-size"
+    arch: str                        # "bert" | "transformer-base" | "transformer-bert-size" | "transformer-small"
     src_vocab_size: int              # WordPiece vocab (bert) or source BPE Vocab (baselines)
     tgt_vocab_size: int              # target BPE Vocab size (ids: nmt.vocab.Vocab)
     src_pad_id: int                  # source padding id (tokenizer.pad_id / Vocab.PAD)
@@ -66,11 +66,11 @@ class ModelSpec:
         """A baseline; ``overrides`` (e.g. embed_dim, dropout) apply to encoder and decoder alike."""
         if arch not in BASELINE_SHAPES:
             raise ModelSpecError(f"unknown baseline arch {arch!r}; expected one of {list(BASELINE_SHAPES)}")
-        layers, H, heads, ffn = BASELINE_SHAPES[arch]
-        shape = dict(embed_dim=H, num_heads=heads, ffn_dim=ffn, num_layers=layers)
+        enc_layers, dec_layers, H, heads, ffn = BASELINE_SHAPES[arch]
+        shape = dict(embed_dim=H, num_heads=heads, ffn_dim=ffn)
         shape.update(overrides)
-        enc = TransformerEncoderConfig(**shape)
-        dec = DecoderConfig(**{**shape, "num_layers": overrides.get("num_layers", 6)})
+        enc = TransformerEncoderConfig(**{"num_layers": enc_layers, **shape})
+        dec = DecoderConfig(**{"num_layers": dec_layers, **shape})
         return cls(arch, src_vocab_size, tgt_vocab_size, src_pad_id, None, dec.to_dict(), enc.to_dict())
 
     def to_dict(self) -> dict:

@@ -87,6 +87,27 @@ def open_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: cannot read ({e})") from None
 
 
+def split_text(data_dir: str | Path, split: str) -> tuple[list[str], list[str], str]:
+    """(source lines, reference lines, a display name such as "tst2013") of a prepared split, read
+    from the original text files recorded in its meta.json: every line, so BLEU is over the whole
+    set as released (prepare_data may have dropped empty or overlong pairs from the binarized data)."""
+    from nmt.data import read_meta
+    inputs = read_meta(Path(data_dir))["splits"][split].get("inputs", {})
+    sides = []
+    for side in ("src", "tgt"):
+        path = Path(inputs.get(side, ""))
+        if not path.is_file():
+            raise DataError(f"{data_dir}/meta.json: the {split!r} split's {side} text {path} is not there any more; "
+                            f"BLEU needs the original text files: restore them or prepare the data again")
+        sides.append([line for _, line in open_text_lines(path)])
+    src, ref = sides
+    if len(src) != len(ref):
+        raise DataError(f"{inputs['src']} has {len(src)} lines, {inputs['tgt']} {len(ref)}")
+    name = Path(inputs["tgt"]).name.removesuffix(".gz")
+    name = name.rsplit(".", 1)[0] if "." in name else name
+    return src, ref, name
+
+
 def _pre_bpe_tokens(line: str, mode: str) -> list[str]:
     """Whitespace tokens that BPE segments: the line as is (tokenized) or after pretokenize (raw)."""
     line = strip_bom(line)

@@ -46,14 +46,14 @@ import torch
 
 from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, CheckpointError, load_checkpoint, rng_state,
                             save_checkpoint, set_rng_state, stage_dir)
-from nmt.config import DEMO_BPE_MERGES, TrainConfig, default_run_dir, demo_data_dir
-from nmt.data import DataError, ParallelData, collate, make_batches, read_meta
+from nmt.config import TrainConfig, default_run_dir, demo_bpe_merges, demo_data_dir
+from nmt.data import DataError, ParallelData, collate, make_batches, read_meta, token_budget
 from nmt.distributed import DistContext, rank_seed, shard_batches, shard_pairs
 from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.loss import perplexity
 from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
 from nmt.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
-from nmt.text import SourcePipeline, TargetPipeline
+from nmt.text import SourcePipeline, TargetPipeline, split_text
 
 
 class TrainingError(ValueError):
@@ -116,7 +116,7 @@ def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, 
     if cfg.data is None:
         from tools.prepare_data import prepare_demo     # the demo corpus is prepared on first use
         directory = demo_data_dir(cfg.pair, cfg.arch)
-        prepare_demo(directory, cfg.pair, bert=cfg.bert, bpe_merges=DEMO_BPE_MERGES,
+        prepare_demo(directory, cfg.pair, bert=cfg.bert, bpe_merges=demo_bpe_merges(cfg.arch),
                      source_bpe=cfg.arch != "bert", reuse=True, print_fn=print_fn)
     else:
         directory = Path(cfg.data)
@@ -265,6 +265,7 @@ class Trainer:
         self._print = print_fn
         self.src_pad_id = source.pad_id
         self.peak_lr = cfg.peak_lr()
+        self.batch_limits = self._batch_limits()
         self.batches_per_epoch = len(self.epoch_batches(0))
         if self.batches_per_epoch == 0:
             raise TrainingError(f"{train.directory}: no training batches for shard {rank} of {world_size}")
@@ -272,11 +273,14 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0     # updates done; epoch in progress; its batches done
         self.best_dev_loss: float | None = None
         self.bad_epochs = 0
+        self.cpu_seconds = 0.0                  # this stage's process CPU time so far (cache, updates, dev)
         self.cache: EncoderCache | None = None
         self._cache_file: Path | None = None
         self._stop_requested = False            # Ctrl-C seen by this process
         self._stop_agreed = False               # distributed: some rank saw Ctrl-C by the last update
         self.ddp: torch.nn.Module | None = None   # DistributedDataParallel(self.model) when distributed
+        # dev BLEU after each epoch needs the dev set's original text (read once, checked up front)
+        self.dev_text = split_text(valid.directory, "valid")[:2] if cfg.dev_bleu and self.master_process else None
         self.set_stage(cfg.stage)
         amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp and self.device.type == "cuda" \
@@ -286,6 +290,15 @@ class Trainer:
             self.load_state(resume_state)
         if dist is not None:        # dropout masks differ between ranks, and after a resume
             torch.manual_seed(rank_seed(cfg.seed, self.rank, self.step))
+
+    def _batch_limits(self) -> tuple[int | None, int]:
+        """(max_tokens, max_sentences) of a training batch: --batching tokens turns --max-sentences
+        into a token budget (nmt.data.token_budget), capped by --max-tokens when given."""
+        cfg = self.cfg
+        if cfg.batching == "sentences":
+            return cfg.max_tokens, cfg.max_sentences
+        budget, cap = token_budget(self.train_data.src_lengths, self.train_data.tgt_lengths, cfg.max_sentences)
+        return (budget if cfg.max_tokens is None else min(budget, cfg.max_tokens)), cap
 
     def _warmup_steps(self) -> int:
         cfg = self.cfg
@@ -310,6 +323,7 @@ class Trainer:
             self.warmup_steps = self._warmup_steps()
             self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
             self.best_dev_loss, self.bad_epochs = None, 0
+            self.cpu_seconds = 0.0
             self._release_cache()
         cfg = self.cfg
         self.model.set_stage(stage)
@@ -343,7 +357,7 @@ class Trainer:
         ``world_size``: rank 0's batches in a job of that size (to locate a checkpoint of another job)."""
         world_size = self.world_size if world_size is None else world_size
         return shard_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
-                             max_sentences=self.cfg.max_sentences, max_tokens=self.cfg.max_tokens,
+                             max_tokens=self.batch_limits[0], max_sentences=self.batch_limits[1],
                              seed=self.cfg.seed, epoch=epoch, num_shards=world_size,
                              shard=self.rank if world_size == self.world_size else 0)
 
@@ -358,13 +372,14 @@ class Trainer:
                 "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "best_dev_loss": self.best_dev_loss, "bad_epochs": self.bad_epochs, "rng": rng_state(),
-                "world_size": self.world_size}
+                "world_size": self.world_size, "cpu_seconds": self._cpu_now()}
 
     def load_state(self, state: dict) -> None:
         """Continue from a checkpoint_last.pt (the model weights are already loaded)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         self.best_dev_loss, self.bad_epochs = state["best_dev_loss"], int(state["bad_epochs"])
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))     # absent in older checkpoints
         if self.cfg.warmup_steps is None and self.cfg.warmup_epochs is None:
             self.warmup_steps = int(state["schedule"]["warmup_steps"])    # same schedule as before the break
         set_rng_state(state["rng"])
@@ -474,6 +489,20 @@ class Trainer:
                             self.device, self.forward_loss)
         return self.reduce_totals(totals).summary()
 
+    @torch.no_grad()
+    def dev_bleu(self) -> float | None:
+        """BLEU (sacrebleu 13a) of greedy translations of the whole dev set, as translate.py --beam 1
+        would write them; None without --dev-bleu or on ranks other than 0. Greedy keeps it cheap
+        (one decoder pass per token); the final beam-10 BLEU is usually a little higher."""
+        if self.dev_text is None:
+            return None
+        from nmt.evaluate import corpus_bleu
+        from nmt.translator import Translator
+        self.model.eval()
+        source_lines, references = self.dev_text
+        results = Translator(self.model, self.source, self.target, self.device).translate(source_lines, beam=1)
+        return corpus_bleu([r[0][0] for r in results], references)[0].score
+
     def reduce_totals(self, totals: Totals) -> Totals:
         """Sums over all ranks (the same on every rank); the totals themselves in one process."""
         if self.dist is None:
@@ -508,14 +537,17 @@ class Trainer:
     # -- the loop
     def fit(self) -> str:
         """Train until early stopping, --max-epochs or --max-steps; returns why it stopped:
-        "converged" | "max_epochs" | "max_steps" | "interrupted"."""
+        "converged" | "max_epochs" | "max_steps" | "cpu_budget" | "interrupted"."""
         cfg = self.cfg
         counts = count_parameters(self.model)
         self.print(format_parameter_counts(counts))
         where = "" if self.dist is None else \
             f" on each of {self.world_size} processes ({self.dist.backend}; {self.world_size} batches per update)"
+        tokens, sentences = self.batch_limits
+        batching = (f"at most {sentences} sentences" if cfg.batching == "sentences" else
+                    f"{tokens:,} padded tokens each, about {cfg.max_sentences} sentences on average")
         self.print(f"stage {cfg.stage}: {len(self.train_data):,} training pairs in {self.batches_per_epoch} batches "
-                   f"per epoch{where}, {len(self.valid_data):,} dev pairs; peak LR {self.peak_lr:g}, warm-up "
+                   f"per epoch ({batching}){where}, {len(self.valid_data):,} dev pairs; peak LR {self.peak_lr:g}, warm-up "
                    f"{self.warmup_steps} updates; device {self.device}; writing to {self.out_dir}")
         if cfg.stage == "decoder":
             frozen = counts["encoder"]["frozen"]
@@ -527,6 +559,7 @@ class Trainer:
                               "world_size": self.world_size})
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
             return "max_steps"
+        self._cpu_start = (time.process_time(), self.cpu_seconds)
         self.maybe_build_cache()
         try:
             with self._sigint_saves():
@@ -536,6 +569,11 @@ class Trainer:
             return why
         finally:
             self._release_cache()
+
+    def _cpu_now(self) -> float:
+        """This stage's CPU seconds up to now (all threads of this process; summed over resumes)."""
+        start = getattr(self, "_cpu_start", None)
+        return self.cpu_seconds if start is None else start[1] + time.process_time() - start[0]
 
     def _loop(self) -> str:
         cfg = self.cfg
@@ -588,16 +626,24 @@ class Trainer:
                 _atomic_copy(last, self.out_dir / "checkpoint_best.pt")
             if self.epoch in cfg.kept_epochs() and self.master_process:
                 _atomic_copy(last, self.out_dir / f"checkpoint_epoch{self.epoch}.pt")
+            bleu = self.dev_bleu()
+            self.cpu_seconds = self._cpu_now()
             self.log_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, "seconds": round(elapsed, 2),
-                              "train": train_stats, "dev": dev, "best_dev_loss": self.best_dev_loss,
-                              "improved": improved})
+                              "cpu_seconds": round(self.cpu_seconds, 1), "train": train_stats, "dev": dev,
+                              **({"dev_bleu": round(bleu, 2), "dev_bleu_search": "greedy"} if bleu is not None else {}),
+                              "best_dev_loss": self.best_dev_loss, "improved": improved})
             self.print(f"epoch {self.epoch}: train loss {train_stats['loss']:.3f} ppl {train_stats['ppl']:.2f} | "
-                       f"dev loss {dev['loss']:.3f} ppl {dev['ppl']:.2f}{' (best)' if improved else ''} | "
+                       f"dev loss {dev['loss']:.3f} ppl {dev['ppl']:.2f}{' (best)' if improved else ''}"
+                       f"{'' if bleu is None else f' BLEU {bleu:.2f} (greedy)'} | "
                        f"{train_stats['tokens'] / max(elapsed, 1e-9):.0f} tok/s, {elapsed:.0f} s")
             if self.bad_epochs >= cfg.patience:
                 self.print(f"early stop: no dev improvement for {cfg.patience} epochs; best dev loss "
                            f"{self.best_dev_loss:.3f} in {self.out_dir / 'checkpoint_best.pt'}")
                 return "converged"
+            if cfg.max_cpu_minutes is not None and self.cpu_seconds >= 60 * cfg.max_cpu_minutes:
+                self.print(f"CPU budget reached: {self.cpu_seconds / 60:.1f} of --max-cpu-minutes "
+                           f"{cfg.max_cpu_minutes:g}; best dev loss {self.best_dev_loss:.3f}")
+                return "cpu_budget"
         self.print(f"reached --max-epochs {cfg.max_epochs}; best dev loss {self.best_dev_loss:.3f}")
         return "max_epochs"
 

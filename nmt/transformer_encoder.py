@@ -5,7 +5,10 @@ dropout, then N layers of ``LN(x + drop(SelfAttn(x)))`` and ``LN(x + drop(FFN(x)
 source positions are masked out of attention and zeroed in the output. Two sizes from the paper:
 
 - ``transformer-base``: 6 layers, H 512, 8 heads, FFN 2048 (decoder of the same size);
-- ``transformer-bert-size``: 12 layers, H 768, 12 heads, FFN 3072 (BERT-base's shape).
+- ``transformer-bert-size``: 12 layers, H 768, 12 heads, FFN 3072 (BERT-base's shape; 6 decoder layers);
+- ``transformer-small``: 3 + 3 layers, H 256, 4 heads, FFN 1024: the low-resource baseline for corpora of
+  10-50K pairs (narrow and shallow, as Sennrich & Zhang 2019 and Araabi & Monz 2020 recommend; the
+  recipe around it, more dropout and more epochs, is ``nmt.config.LOW_RESOURCE_BASELINE``).
 
 >>> import torch
 >>> enc = TransformerEncoder(TransformerEncoderConfig(embed_dim=8, num_heads=2, ffn_dim=16, num_layers=1),
@@ -51,10 +54,11 @@ class TransformerEncoderConfig:
         return cls(**d)
 
 
-# the paper's baseline shapes: name -> (layers, H, heads, FFN)
+# baseline shapes: name -> (encoder layers, decoder layers, H, heads, FFN)
 BASELINE_SHAPES = {
-    "transformer-base": (6, 512, 8, 2048),
-    "transformer-bert-size": (12, 768, 12, 3072),
+    "transformer-base": (6, 6, 512, 8, 2048),
+    "transformer-bert-size": (12, 6, 768, 12, 3072),
+    "transformer-small": (3, 3, 256, 4, 1024),
 }
 
 

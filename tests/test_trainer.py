@@ -68,9 +68,10 @@ def work(tmp_path_factory) -> dict:
 
 
 def make_cfg(work, run_dir, **kw) -> TrainConfig:
+    """Sentence batches: the tests below count batches (40 pairs / 8 = 5 per epoch)."""
     base = dict(data=str(work["data"]), bert=str(work["bert"]), run_dir=str(run_dir), decoder_layers=1,
-                max_sentences=8, lr=2e-3, warmup_steps=4, dropout=0.1, progress=False, device="cpu",
-                encoder_cache="off")
+                max_sentences=8, batching="sentences", lr=2e-3, warmup_steps=4, dropout=0.1, progress=False,
+                device="cpu", encoder_cache="off")
     return dataclasses.replace(TrainConfig(), **{**base, **kw})
 
 

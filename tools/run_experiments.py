@@ -47,8 +47,8 @@ from typing import Callable, Sequence
 if __package__ in (None, ""):                  # run as `python tools/run_experiments.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmt.config import (DEMO_BPE_MERGES, DEMO_PAIRS, DEMO_PRESET, REPO, TrainConfig,  # noqa: E402
-                        demo_data_dir)
+from nmt.config import (ARCHS, DEMO_PAIRS, DEMO_PRESET, REPO, TrainConfig, arch_preset,  # noqa: E402
+                        demo_bpe_merges, demo_data_dir)
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
 DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
@@ -91,7 +91,9 @@ def plan_systems(finetune_lrs: Sequence[float], table4_epochs: Sequence[int], di
                  baseline_arch: str) -> list[System]:
     """Every system of the study, in table order."""
     main_lr = finetune_lrs[0]
-    systems = [System("transformer", f"Transformer ({baseline_arch}, from scratch)", "transformer", "scratch", 4e-4),
+    baseline_lr = arch_preset(baseline_arch).get("lr", 4e-4)
+    systems = [System("transformer", f"Transformer ({baseline_arch}, from scratch)", "transformer", "scratch",
+                      baseline_lr),
                System("direct", "Direct fine-tuning (BERT + new decoder, end to end)", "direct", "direct", direct_lr),
                System(STAGE1, "Decoder training (stage 1, BERT frozen)", "decoder", "decoder", 4e-4)]
     systems += [System(f"finetune-lr{lr_name(lr)}", "+ Fine-tuning (stage 2)", "finetune", "finetune", lr, "best")
@@ -141,27 +143,6 @@ def test_splits(data_dir: Path) -> list[str]:
         raise ExperimentError(f"{data_dir}: no test split (has {', '.join(sorted(splits))}); prepare the data with "
                               f"tools/prepare_data.py --test-prefix (repeatable)")
     return tests
-
-
-def split_text(data_dir: Path, split: str) -> tuple[list[str], list[str], str]:
-    """(source lines, reference lines, a display name) of a split, from the original text files
-    recorded in meta.json: every line, so BLEU is over the whole test set as released."""
-    from nmt.data import read_meta
-    from nmt.text import open_text_lines
-    inputs = read_meta(data_dir)["splits"][split].get("inputs", {})
-    sides = []
-    for side in ("src", "tgt"):
-        path = Path(inputs.get(side, ""))
-        if not path.is_file():
-            raise ExperimentError(f"{data_dir}/meta.json: the {split!r} split's {side} text {path} is not there any more; "
-                                  f"BLEU needs the original text files: restore them or prepare the data again")
-        sides.append([line for _, line in open_text_lines(path)])
-    src, ref = sides
-    if len(src) != len(ref):
-        raise ExperimentError(f"{inputs['src']} has {len(src)} lines, {inputs['tgt']} {len(ref)}")
-    name = Path(inputs["tgt"]).name.removesuffix(".gz")
-    name = name.rsplit(".", 1)[0] if "." in name else name
-    return src, ref, name
 
 
 def prepare_baseline_data(data_dir: Path, out: Path, print_fn) -> Path:
@@ -227,7 +208,8 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         raise KeyboardInterrupt
     epochs = [r for r in metrics_records(stage_out) if r.get("event") == "epoch"]
     improved = [r for r in epochs if r.get("improved")]
-    record.update(seconds=round(before + time.time() - t0, 1), best_epoch=improved[-1]["epoch"] if improved else None)
+    record.update(seconds=round(before + time.time() - t0, 1), best_epoch=improved[-1]["epoch"] if improved else None,
+                  cpu_seconds=epochs[-1].get("cpu_seconds") if epochs else None)
     if record["stop"] == "diverged":
         record["epochs"] = epochs[-1]["epoch"] if epochs else 0
     record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -240,7 +222,8 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
 def evaluate(checkpoint: Path, data_dir: Path, splits: Sequence[str], out_dir: Path, args, print_fn) -> dict:
     """Dev perplexity, and for each split: translations (written to OUT/NAME/SPLIT.hyp), BLEU, chrF."""
     from nmt.evaluate import checkpoint_perplexity, corpus_bleu, corpus_chrf
-    from translate import Translator
+    from nmt.text import split_text
+    from nmt.translator import Translator
     dev = checkpoint_perplexity(checkpoint, data_dir, "valid", device=args.device)
     translator = Translator.from_checkpoint(checkpoint, args.device)
     scores = {}
@@ -284,6 +267,7 @@ class Experiment:
     selected: list[System]      # what this invocation runs
     args: argparse.Namespace
     stage_epochs: dict[str, int]  # --max-epochs STAGE=N
+    user_keys: set[str]         # TrainConfig fields set on the command line (they beat the baseline recipe)
     print_fn: Callable[[str], None] = print
 
     def log(self, msg: str) -> None:
@@ -298,7 +282,12 @@ class Experiment:
         cfg = dataclasses.replace(self.base, stage=system.stage, lr=system.lr,
                                   max_epochs=self.stage_epochs.get(system.stage, self.base.max_epochs))
         if system.group == "transformer":
-            return dataclasses.replace(cfg, arch=self.args.baseline_arch, data=str(self.baseline_data))
+            recipe = {k: v for k, v in arch_preset(self.args.baseline_arch).items()
+                      if k not in self.user_keys and not (k == "max_epochs" and "scratch" in self.stage_epochs)}
+            cfg = dataclasses.replace(cfg, **recipe, arch=self.args.baseline_arch, data=str(self.baseline_data))
+            if self.args.baseline_budget == "matched":
+                cfg = dataclasses.replace(cfg, max_cpu_minutes=self.matched_budget() / 60)
+            return cfg
         if system.stage == "decoder":
             keep = sorted({int(s.init_epoch) for s in self.systems if s.init_epoch not in (None, "best")})
             return dataclasses.replace(cfg, epoch_checkpoints=",".join(map(str, keep)) or None)
@@ -307,6 +296,23 @@ class Experiment:
             name = "checkpoint_best.pt" if system.init_epoch == "best" else f"checkpoint_epoch{system.init_epoch}.pt"
             return dataclasses.replace(cfg, init=str(stage1 / name))
         return cfg
+
+    def budget_systems(self) -> list[System]:
+        """What the baseline's compute is matched to: stage 1 and the main fine-tuning run."""
+        return [s for s in self.systems if s.name == STAGE1] + [next(s for s in self.systems if s.group == "finetune")]
+
+    def matched_budget(self) -> float:
+        """CPU seconds of stage 1 + the main fine-tuning run (encoder cache, updates, dev evaluation):
+        --baseline-budget matched gives the Transformer baseline exactly that."""
+        total = 0.0
+        for s in self.budget_systems():
+            epochs = [r for r in metrics_records(self.run_dir(s.name) / s.stage) if r.get("event") == "epoch"]
+            if not epochs or "cpu_seconds" not in epochs[-1]:
+                raise ExperimentError(f"--baseline-budget matched: {self.run_dir(s.name) / s.stage}/metrics.jsonl has no "
+                                      f"CPU time yet; run the systems {', '.join(x.name for x in self.budget_systems())} "
+                                      f"first (they run before the baseline when selected) or pass --baseline-budget epochs")
+            total += float(epochs[-1]["cpu_seconds"])
+        return total
 
     def result_path(self, system: System) -> Path:
         return self.run_dir(system.name) / "result.json"
@@ -369,7 +375,10 @@ class Experiment:
 
     def run(self) -> str:
         t0 = time.time()
-        for system in self.selected:
+        order = list(self.selected)
+        if self.args.baseline_budget == "matched":      # the baseline's budget is known only after these
+            order.sort(key=lambda s: s.group == "transformer")
+        for system in order:
             self.run_system(system)
         table = self.tables()
         (self.out / "results.md").write_text(table, encoding="utf-8")
@@ -384,6 +393,7 @@ class Experiment:
 
     def tables(self) -> str:
         from nmt.evaluate import paired_bootstrap
+        from nmt.text import split_text
         results = self.load_results()
         tests = test_splits(self.data)
         refs = {t: split_text(self.data, t)[1] for t in tests}
@@ -427,15 +437,20 @@ class Experiment:
             best = f" (best {t['best_epoch']})" if t.get("best_epoch") not in (None, t.get("epochs")) else ""
             return f"{t.get('epochs')}{best}"
 
+        def cpu_minutes(r: dict | None) -> str:
+            cpu = (r or {}).get("train", {}).get("cpu_seconds")
+            return f"{cpu / 60:.1f}" if cpu is not None else ""
+
         score_head = [h for t in tests for h in (f"{names[t]} BLEU", f"{names[t]} tok. BLEU")]
         lines = ["### Main results (the paper's Tables 3 and 5)", "",
-                 "| System | LR | dev PPL | " + " | ".join(score_head) + " | Epochs |",
-                 "|---|---|---:|" + "---:|" * len(score_head) + "---:|"]
+                 "| System | LR | dev PPL | " + " | ".join(score_head) + " | Epochs | CPU min |",
+                 "|---|---|---:|" + "---:|" * len(score_head) + "---:|---:|"]
         for s in self.systems:
             if s.group == "table4":
                 continue
             r = results.get(s.name)
-            lines.append(f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r)} |")
+            lines.append(f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r)} | "
+                         f"{cpu_minutes(r)} |")
 
         main = next(s for s in self.systems if s.group == "finetune")
         stage1 = results.get(STAGE1, {}).get("train") or self._stage1_record()
@@ -461,7 +476,10 @@ class Experiment:
                   + (f"(+)/(−): significantly better/worse than the Transformer baseline (paired bootstrap, "
                      f"{self.args.bootstrap_samples} samples, p < 0.05)." if has_baseline
                      else "No significance marks: the Transformer baseline has not been run.")
-                  + " Epochs: epochs trained (best epoch by dev loss)."]
+                  + " Epochs: epochs trained (best epoch by dev loss). CPU min: process CPU time of the run's "
+                    "training (encoder cache, updates, dev evaluation)"
+                  + (f"; the baseline was given the CPU time of {' + '.join(s.name for s in self.budget_systems())}."
+                     if self.args.baseline_budget == "matched" else ".")]
         if any_ok:
             sig = any_ok["splits"][tests[0]]
             lines += [f"BLEU signature: `{sig['signature']}`; tok. BLEU: `{sig['tok_signature']}`"]
@@ -528,8 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table4-epochs", default=DEFAULT_TABLE4_EPOCHS,
                    help="Table 4: stage-1 epochs before fine-tuning, 0 = none (default: %(default)s; "
                         "'until convergence' is always there)")
-    p.add_argument("--baseline-arch", default="transformer-base", choices=("transformer-base", "transformer-bert-size"),
-                   help="the Transformer baseline (default: %(default)s)")
+    p.add_argument("--baseline-arch", choices=[a for a in ARCHS if a != "bert"],
+                   help="the Transformer baseline (default: transformer-small, the low-resource recipe, on the demo; "
+                        "transformer-base, the paper's, with --data)")
+    p.add_argument("--baseline-budget", choices=("matched", "epochs"),
+                   help="matched: the baseline trains (after them) for the CPU time that stage 1 + the main "
+                        "fine-tuning run took; epochs: until early stopping or --max-epochs (default: matched on "
+                        "the demo, epochs with --data)")
     p.add_argument("--max-epochs", help="cap on epochs per run: N for every stage and/or STAGE=N (stages decoder, "
                                         "finetune, direct, scratch), e.g. 3,decoder=8 (default: 100; demo 3)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 3, demo 2)")
@@ -562,15 +585,20 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
         raise ExperimentError("--beam, --batch-size and --bootstrap-samples must be >= 1")
     if len(set(map(lr_name, finetune_lrs))) != len(finetune_lrs) or len(set(table4)) != len(table4):
         raise ExperimentError("--finetune-lrs and --table4-epochs must not repeat a value")
+    demo = args.data is None
+    args.baseline_arch = args.baseline_arch or ("transformer-small" if demo else "transformer-base")
+    args.baseline_budget = args.baseline_budget or ("matched" if demo else "epochs")
     systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch)
     selected = select_systems(systems, args.systems)
-    demo = args.data is None
     if demo and args.pair not in DEMO_PAIRS:
         raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
     name = f"demo-{args.pair}" if demo else Path(args.data).resolve().name
     out = Path(args.out) if args.out else REPO / "checkpoints" / "experiments" / name
-    values = {**(DEMO_PRESET if demo else {}), **parse_set(args.set)}
+    user_values = parse_set(args.set)
+    values = {**(DEMO_PRESET if demo else {}), **user_values}
     stage_epochs = parse_max_epochs(args.max_epochs)
+    user_keys = set(user_values) | ({"max_epochs"} if None in stage_epochs else set()) | \
+        {k for k in ("patience", "max_steps") if getattr(args, k) is not None}
     if None in stage_epochs:
         values["max_epochs"] = stage_epochs.pop(None)
     for key in ("patience", "max_steps"):
@@ -585,11 +613,11 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     wants_baseline = any(s.group == "transformer" for s in selected)
     if demo:
         data = demo_data_dir(args.pair)
-        prepare_demo(data, args.pair, bert=args.bert, bpe_merges=DEMO_BPE_MERGES, reuse=True, print_fn=print_fn)
+        prepare_demo(data, args.pair, bert=args.bert, bpe_merges=demo_bpe_merges(), reuse=True, print_fn=print_fn)
         baseline = None
         if wants_baseline:
             baseline = demo_data_dir(args.pair, args.baseline_arch)
-            prepare_demo(baseline, args.pair, bpe_merges=DEMO_BPE_MERGES, source_bpe=True, reuse=True,
+            prepare_demo(baseline, args.pair, bpe_merges=demo_bpe_merges(args.baseline_arch), source_bpe=True, reuse=True,
                          print_fn=print_fn)
     else:
         data = Path(args.data)
@@ -602,6 +630,7 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
             baseline = prepare_baseline_data(data, out / "data-source-bpe", print_fn)
     tests = test_splits(data)
     if baseline is not None:
+        from nmt.text import split_text
         if read_meta(baseline).get("source", {}).get("kind") != "bpe":
             raise ExperimentError(f"{baseline}: not source-BPE data (prepare it with tools/prepare_data.py --source-bpe)")
         if test_splits(baseline) != tests:
@@ -618,7 +647,7 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     (out / "experiment.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args), "base_config": base.to_dict(),
                                                      "baseline_data": str(baseline) if baseline else None},
                                                     indent=1, default=str), encoding="utf-8")
-    return Experiment(out, data, baseline, base, systems, selected, args, stage_epochs, print_fn)
+    return Experiment(out, data, baseline, base, systems, selected, args, stage_epochs, user_keys, print_fn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,120 @@
+"""Translation with a trained checkpoint: text lines in, text lines out (beam or greedy search).
+
+:class:`Translator` holds a model and its two text pipelines. Lines are encoded, sorted by length
+(longest first), translated in batches of at most ``batch_size`` sentences and ``max_tokens``
+padded source tokens (nmt/beam_search.py), decoded (BPE removed, detokenized) and returned in input
+order. Empty lines give empty translations; lines longer than the encoder's positions are truncated
+with a warning naming the line. ``translate.py`` is the command line over it; the trainer uses it
+for the dev BLEU after each epoch and tools/run_experiments.py for the test sets.
+
+>>> # Translator.from_checkpoint("checkpoints/demo-en-de").translate(["Click OK."])[0][0][0]
+>>> # 'Klicken Sie auf OK.'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from nmt.beam_search import Hypothesis, beam_search, greedy_search
+from nmt.checkpoint import best_checkpoint_path, load_checkpoint
+from nmt.model import ModelSpec, Seq2Seq, build_model
+from nmt.text import SourcePipeline, TargetPipeline
+
+
+class TranslateError(ValueError):
+    """Bad input to translation: names the file (and line) and what to do."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory: then its best model (finetune, else decoder, ...)."""
+    path = Path(path)
+    return best_checkpoint_path(path) if path.is_dir() else path
+
+
+@dataclass
+class Translator:
+    model: Seq2Seq
+    source: SourcePipeline
+    target: TargetPipeline
+    device: torch.device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+        path = resolve_checkpoint(path)
+        ckpt = load_checkpoint(path)
+        if not isinstance(ckpt, dict):
+            raise TranslateError(f"{path}: not an nmt checkpoint (expected a dict)")
+        missing = [k for k in ("model_spec", "model", "source", "target") if k not in ckpt]
+        if missing:
+            raise TranslateError(f"{path}: checkpoint lacks {missing}; was it written by train.py?")
+        spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
+        source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
+        target = TargetPipeline.from_dict(ckpt["target"], what=f"{path}: target")
+        if len(source.vocab_tokens) != spec.src_vocab_size or len(target.vocab) != spec.tgt_vocab_size:
+            raise TranslateError(f"{path}: vocabulary sizes (source {len(source.vocab_tokens)}, target "
+                                 f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
+                                 f"{spec.tgt_vocab_size})")
+        model = build_model(spec)
+        try:
+            model.load_state_dict(ckpt["model"], strict=True)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise TranslateError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
+        device = torch.device(device)
+        model.decoder.for_decoding()             # transposed weights: faster incremental steps
+        return cls(model.to(device).eval(), source, target, device)
+
+    @property
+    def max_source_len(self) -> int:
+        return min(int(self.source.max_positions), self.model.encoder_max_positions)
+
+    def encode_lines(self, lines: Sequence[str], name: str = "<input>",
+                     warn: Callable[[str], None] = lambda msg: None) -> list[list[int] | None]:
+        """Source ids per line; None for an empty line. Overlong lines are truncated with a warning."""
+        limit, out = self.max_source_len, []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                out.append(None)
+                continue
+            ids = self.source.encode(line)
+            if len(ids) > limit:
+                warn(f"{name}:{number}: {len(ids)} source tokens, more than the encoder's {limit} "
+                     f"positions; truncated")
+                ids = self.source.encode(line, max_length=limit)
+            out.append(ids)
+        return out
+
+    def translate(self, lines: Sequence[str], *, beam: int = 10, lenpen: float = 1.0, nbest: int = 1,
+                  batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
+                  max_len_b: int = 10, name: str = "<input>", warn: Callable[[str], None] = lambda m: None,
+                  progress=None) -> list[list[tuple[str, float]]]:
+        """Per line, ``nbest`` (text, score) pairs, best first; [("", 0.0)] for an empty line."""
+        encoded = self.encode_lines(lines, name, warn)
+        results: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
+        order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))
+        pad = self.source.pad_id
+        start = 0
+        while start < len(order):
+            longest = len(encoded[order[start]])          # sorted longest first: the batch's width
+            size = min(batch_size, max(1, (max_tokens or 1 << 62) // longest))
+            batch = order[start:start + size]
+            start += len(batch)
+            src = torch.full((len(batch), longest), pad, dtype=torch.long)
+            mask = torch.zeros(len(batch), longest, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                src[row, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, :len(encoded[i])] = True
+            src, mask = src.to(self.device), mask.to(self.device)
+            hyps: list[list[Hypothesis]]
+            if beam == 1:
+                hyps = greedy_search(self.model, src, mask, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b)
+            else:
+                hyps = beam_search(self.model, src, mask, beam_size=beam, lenpen=lenpen, nbest=nbest,
+                                   max_len_a=max_len_a, max_len_b=max_len_b)
+            for i, h in zip(batch, hyps):
+                results[i] = [(self.target.decode(x.tokens), x.score) for x in h]
+            if progress is not None:
+                progress.update(len(batch))
+        return results
