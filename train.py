@@ -27,7 +27,7 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nmt.config import (DEMO_PRESET, arch_preset, build_parser, config_from_args, demo_bpe_merges,  # noqa: E402
+from nmt.config import (arch_preset, build_parser, config_from_args, demo_bpe_merges, demo_preset,  # noqa: E402
                         given_options)
 
 
@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     demo = given_options(args).get("data") is None
-    preset = {**(DEMO_PRESET if demo else {}), **arch_preset(args.arch or "bert")}
+    stage = args.stage or ("decoder" if (args.arch or "bert") == "bert" else "scratch")
+    preset = {**(demo_preset(args.pair or "en-de", stage) if demo else {}), **arch_preset(args.arch or "bert")}
     cfg = config_from_args(args, preset=preset)
     from nmt.distributed import launched_by_torchrun
     where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmt.data import (FORMAT, DataError, ParallelData, SplitWriter, check_source_vocab, collate,
-                      make_batches, vocab_fingerprint, write_json)
+                      make_batches, token_budget, vocab_fingerprint, write_json)
 from nmt.vocab import Vocab
 
 
@@ -243,3 +243,41 @@ def test_batches_collate_end_to_end_respects_max_tokens(data_dir):
     for idx in make_batches(data.src_lengths, data.tgt_lengths, max_sentences=100, max_tokens=120):
         b = collate(data, idx, src_pad_id=0)
         assert b.src_ids.numel() <= 120 and b.target.numel() <= 120
+
+
+def _label_heavy_lengths(n: int = 5000, seed: int = 0):
+    """Pair lengths shaped like the demo corpora: 40% one-to-three-token labels, the rest sentences."""
+    rng = np.random.default_rng(seed)
+    short = rng.random(n) < 0.4
+    tgt = np.where(short, rng.integers(1, 4, n), rng.integers(10, 60, n))
+    return tgt + rng.integers(0, 3, n) + 2, tgt            # source: about as long, + [CLS]/[SEP]
+
+
+def test_token_batches_give_every_update_the_same_number_of_target_tokens():
+    # The fix for too-short outputs: the loss of an update is a mean over its target tokens, so
+    # batches of a FIXED sentence count make a token of a one-word label weigh up to 28x more than
+    # a token of a paragraph (128 vs 3,577 tokens per update below); the model then learns to stop
+    # early. Token-bucketed batches (--batching tokens, the default) hold about the same number of
+    # target tokens each, and still max_sentences sentences on average.
+    src, tgt = _label_heavy_lengths()
+
+    def target_tokens(batches):                             # y + EOS per batch
+        return np.array([tgt[b].sum() + len(b) for b in batches])
+
+    by_sentences = target_tokens(make_batches(src, tgt, max_sentences=64, seed=1))
+    budget, cap = token_budget(src, tgt, sentences=64)
+    token_batches = make_batches(src, tgt, max_sentences=cap, max_tokens=budget, seed=1)
+    by_tokens = target_tokens(token_batches)
+    spread = lambda t: np.quantile(t, 0.95) / np.quantile(t, 0.05)    # noqa: E731
+    assert spread(by_sentences) > 20
+    assert spread(by_tokens) < 2
+    assert 0.8 * 64 <= len(src) / len(token_batches) <= 1.2 * 64      # ~64 sentences per batch on average
+    assert sorted(int(i) for b in token_batches for i in b) == list(range(len(src)))
+
+
+def test_token_budget_fits_the_widest_pair_and_rejects_nonsense():
+    assert token_budget([3, 3, 100], [1, 1, 1], sentences=1) == (100, 33)   # mean width 35.3 < widest 100
+    with pytest.raises(DataError):
+        token_budget([], [], sentences=8)
+    with pytest.raises(DataError):
+        token_budget([3], [2], sentences=0)

@@ -187,6 +187,29 @@ def test_checkpoint_is_self_contained_and_best_is_written(work, tmp_path):
     assert not list(tmp_path.glob("**/*.tmp*")) and not list(tmp_path.glob("**/encoder_cache*"))
 
 
+def test_dev_bleu_cpu_time_and_cpu_budget(work, tmp_path):
+    # --dev-bleu logs greedy dev BLEU per epoch; every epoch logs the stage's CPU time so far;
+    # --max-cpu-minutes stops at the end of the first epoch that reaches it (a compute-matched baseline)
+    trainer = setup(make_cfg(work, tmp_path, stage="direct", dev_bleu=True, max_epochs=5, max_cpu_minutes=1e-4),
+                    print_fn=quiet)
+    assert trainer.fit() == "cpu_budget" and trainer.epoch == 1
+    epoch = [json.loads(line) for line in (tmp_path / "direct" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert epoch["event"] == "epoch" and epoch["dev_bleu_search"] == "greedy"
+    assert 0 <= epoch["dev_bleu"] <= 100 and epoch["cpu_seconds"] > 0
+    ckpt = torch.load(tmp_path / "direct" / "checkpoint_last.pt", weights_only=True)
+    assert 0 < ckpt["cpu_seconds"] <= epoch["cpu_seconds"] + 0.05     # saved just before the dev BLEU
+
+
+def test_token_batching_holds_max_sentences_on_average(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="direct", batching="tokens", max_sentences=8), print_fn=quiet)
+    batches = trainer.epoch_batches(0)
+    tokens, _ = trainer.batch_limits
+    widths = np.maximum(trainer.train_data.src_lengths, trainer.train_data.tgt_lengths + 1)
+    assert tokens == round(8 * widths.mean())
+    assert all(len(b) * widths[b].max() <= tokens for b in batches)
+    assert sorted(i for b in batches for i in b.tolist()) == list(range(40))
+
+
 def test_ctrl_c_saves_last_and_stops(work, tmp_path):
     trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_steps=100), print_fn=quiet)
     step = trainer.train_step

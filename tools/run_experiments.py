@@ -48,7 +48,7 @@ if __package__ in (None, ""):                  # run as `python tools/run_experi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmt.config import (ARCHS, DEMO_PAIRS, DEMO_PRESET, REPO, TrainConfig, arch_preset,  # noqa: E402
-                        demo_bpe_merges, demo_data_dir)
+                        demo_bpe_merges, demo_data_dir, demo_preset)
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
 DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
@@ -88,14 +88,14 @@ def parse_list(text: str, kind, what: str) -> list:
 
 
 def plan_systems(finetune_lrs: Sequence[float], table4_epochs: Sequence[int], direct_lr: float,
-                 baseline_arch: str) -> list[System]:
-    """Every system of the study, in table order."""
+                 baseline_arch: str, train_lr: float = 4e-4) -> list[System]:
+    """Every system of the study, in table order. ``train_lr``: stage 1's LR (paper: 4e-4)."""
     main_lr = finetune_lrs[0]
-    baseline_lr = arch_preset(baseline_arch).get("lr", 4e-4)
+    baseline_lr = arch_preset(baseline_arch).get("lr", train_lr)
     systems = [System("transformer", f"Transformer ({baseline_arch}, from scratch)", "transformer", "scratch",
                       baseline_lr),
                System("direct", "Direct fine-tuning (BERT + new decoder, end to end)", "direct", "direct", direct_lr),
-               System(STAGE1, "Decoder training (stage 1, BERT frozen)", "decoder", "decoder", 4e-4)]
+               System(STAGE1, "Decoder training (stage 1, BERT frozen)", "decoder", "decoder", train_lr)]
     systems += [System(f"finetune-lr{lr_name(lr)}", "+ Fine-tuning (stage 2)", "finetune", "finetune", lr, "best")
                 for lr in finetune_lrs]
     for n in table4_epochs:
@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--systems", help=f"comma list of groups ({', '.join(GROUPS)}) or system names; none: all")
     p.add_argument("--finetune-lrs", default=DEFAULT_FINETUNE_LRS,
                    help="fine-tuning LRs, the main one first (default: %(default)s)")
-    p.add_argument("--direct-lr", type=float, default=4e-4, help="LR of direct fine-tuning (default: %(default)g)")
+    p.add_argument("--direct-lr", type=float,
+                   help="LR of direct fine-tuning (default: stage 1's, TrainConfig.train_lr: 4e-4, demo 1e-3)")
     p.add_argument("--table4-epochs", default=DEFAULT_TABLE4_EPOCHS,
                    help="Table 4: stage-1 epochs before fine-tuning, 0 = none (default: %(default)s; "
                         "'until convergence' is always there)")
@@ -579,7 +580,7 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     from tools.prepare_data import prepare_demo
     finetune_lrs = parse_list(args.finetune_lrs, float, "--finetune-lrs")
     table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
-    if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr]) or any(n < 0 for n in table4):
+    if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr or 1]) or any(n < 0 for n in table4):
         raise ExperimentError("learning rates must be positive and --table4-epochs >= 0")
     if args.beam < 1 or args.batch_size < 1 or args.bootstrap_samples < 1:
         raise ExperimentError("--beam, --batch-size and --bootstrap-samples must be >= 1")
@@ -588,15 +589,20 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     demo = args.data is None
     args.baseline_arch = args.baseline_arch or ("transformer-small" if demo else "transformer-base")
     args.baseline_budget = args.baseline_budget or ("matched" if demo else "epochs")
-    systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch)
+    user_values = parse_set(args.set)
+    train_lr = {**(DEMO_PRESET if demo else {}), **user_values}.get("train_lr", TrainConfig.train_lr)
+    args.direct_lr = args.direct_lr or train_lr
+    systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch, train_lr)
     selected = select_systems(systems, args.systems)
     if demo and args.pair not in DEMO_PAIRS:
         raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
     name = f"demo-{args.pair}" if demo else Path(args.data).resolve().name
     out = Path(args.out) if args.out else REPO / "checkpoints" / "experiments" / name
-    user_values = parse_set(args.set)
     values = {**(DEMO_PRESET if demo else {}), **user_values}
     stage_epochs = parse_max_epochs(args.max_epochs)
+    if demo and None not in stage_epochs and "max_epochs" not in user_values:     # the demo's epochs per stage
+        stage_epochs = {**{st: demo_preset(args.pair, st)["max_epochs"] for st in ("decoder", "finetune", "direct")},
+                        **stage_epochs}
     user_keys = set(user_values) | ({"max_epochs"} if None in stage_epochs else set()) | \
         {k for k in ("patience", "max_steps") if getattr(args, k) is not None}
     if None in stage_epochs:
