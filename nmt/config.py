@@ -167,7 +167,7 @@ DEMO_PRESET: dict = {
     "dev_bleu": True,          # greedy dev BLEU after every epoch (a few seconds to a minute)
 }
 # epochs per stage: about the same number of updates for both corpora (En->De has 2.4x the pairs)
-DEMO_EPOCHS: dict = {"en-de": {"decoder": 3, "finetune": 2}, "en-vi": {"decoder": 6, "finetune": 3}}
+DEMO_EPOCHS: dict = {"en-de": {"decoder": 3, "finetune": 1}, "en-vi": {"decoder": 6, "finetune": 2}}
 
 
 def demo_preset(pair: str, stage: str = "decoder") -> dict:
