@@ -120,8 +120,12 @@ def test_bad_inputs(tmp_path, capsys):
     with pytest.raises(CurveError, match="no such file"):
         read_curves([tmp_path / "missing"])
     empty = write_metrics(tmp_path / "run" / "decoder" / "metrics.jsonl", [start("decoder")])
-    with pytest.raises(CurveError, match=re.escape(f"{empty}: no epoch records")):
+    with pytest.raises(CurveError, match="has finished an epoch yet"):
         read_curves([tmp_path / "run"])
+    # a run still in its first epoch next to finished ones is skipped with a warning
+    write_metrics(tmp_path / "run" / "finetune" / "metrics.jsonl", [start("finetune"), epoch(1, 4.0)])
+    assert list(read_curves([tmp_path / "run"])) == ["finetune"]
+    assert f"skipped {empty}: no epoch records" in capsys.readouterr().err
     (tmp_path / "nothing-here").mkdir()
     with pytest.raises(CurveError, match="nothing-here: no metrics.jsonl"):
         read_curves([tmp_path / "nothing-here"])

@@ -37,7 +37,11 @@ DEFAULT_NAME = "learning_curves.png"
 
 
 class CurveError(ValueError):
-    """Bad input: a missing path, a malformed metrics file, a run without epoch records."""
+    """Bad input: a missing path, a malformed metrics file, no run with epoch records."""
+
+
+class NoEpochs(CurveError):
+    """A run that has not finished an epoch yet: skipped with a warning when other runs have."""
 
 
 @dataclass
@@ -136,7 +140,7 @@ def read_curve(path: Path, name: str) -> Curve:
             except (KeyError, TypeError, ValueError):
                 raise CurveError(f"{path}:{line}: epoch record without an epoch number") from None
     if not by_epoch:
-        raise CurveError(f"{path}: no epoch records (the run has not finished an epoch yet)")
+        raise NoEpochs(f"{path}: no epoch records (the run has not finished an epoch yet)")
     epochs = sorted(by_epoch)
     rows = [by_epoch[epoch] for epoch in epochs]
     searches = [r["dev_bleu_search"] for _, r in rows if r.get("dev_bleu_search")]
@@ -192,8 +196,14 @@ def read_curves(paths: Sequence[Path | str]) -> dict[str, Curve]:
         for metrics, name, long_name in find_metrics(path):
             if metrics.resolve() not in seen:
                 seen.add(metrics.resolve())
-                curves.append(read_curve(metrics, name))
+                try:
+                    curves.append(read_curve(metrics, name))
+                except NoEpochs as e:          # a run still in its first epoch: draw the others
+                    print(f"warning: skipped {e}", file=sys.stderr)
+                    continue
                 longer.append(long_name)
+    if not curves:
+        raise CurveError(f"no run under {', '.join(map(str, paths))} has finished an epoch yet")
     for curve in curves:
         if curve.stage == "finetune":
             curve.offset, curve.offset_from = finetune_offset(curve, curves)
