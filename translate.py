@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from nmt.files import demo_name, run_dir
 from nmt.translator import TranslateError, Translator, resolve_checkpoint  # noqa: F401  (re-exported)
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_RUN = REPO / "checkpoints" / "demo-en-de"     # the demo run directory (train.py's default)
+DEFAULT_RUN = run_dir(demo_name("en-de"))     # the demo run directory (train.py's default)
 
 
 def read_input(path: str | None) -> tuple[list[str], str]:
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     demo_run = args.checkpoint is None
     if demo_run:
-        args.checkpoint = str(DEFAULT_RUN.with_name(f"demo-{args.pair}"))
+        args.checkpoint = str(DEFAULT_RUN.with_name(demo_name(args.pair)))
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)   # noqa: E731
     try:
         if args.beam < 1 or not 1 <= args.nbest <= max(args.beam, 1) or args.batch_size < 1:

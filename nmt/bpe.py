@@ -42,12 +42,13 @@ scans every candidate pair for each merge), words are merged without regular exp
 from __future__ import annotations
 
 import heapq
-import os
 import re
 from collections import Counter
 from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
+
+from nmt.files import atomic_write
 
 END_OF_WORD = "</w>"
 CODES_HEADER = "#version: 0.2"
@@ -322,9 +323,8 @@ def write_codes(merges: Iterable[tuple[str, str]], path) -> None:
             raise BPEError(f"merge {n} {(first, second)!r} cannot be written: symbols must be "
                            "non-empty and contain no space or newline")
         lines.append(f"{first} {second}")
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def read_codes(path) -> list[tuple[str, str]]:

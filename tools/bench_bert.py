@@ -25,10 +25,10 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
+from nmt.files import REPO  # noqa: E402
 from nmt.pretrained import build_encoder, installed_package_dir, read_bert_dir, save_native  # noqa: E402
 from nmt.tf_checkpoint import crc32c  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TF_DIR = REPO.parent / "shared" / "bert" / "minilm-l6-h384-uncased-tf"
 IWSLT = REPO.parent / "shared" / "iwslt15-en-vi" / "tst2012.en"
 

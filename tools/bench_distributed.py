@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
+from nmt.files import REPO, run_dir  # noqa: E402
 
 
 def worker(args) -> None:
@@ -108,7 +108,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed updates first")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default="cpu", help="cpu (gloo) | cuda (nccl, one GPU per process)")
-    p.add_argument("--run-dir", default=str(REPO / "checkpoints" / "bench-distributed"), help="(nothing is written)")
+    p.add_argument("--run-dir", default=str(run_dir("bench-distributed")), help="(nothing is written)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

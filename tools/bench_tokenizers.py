@@ -30,8 +30,11 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.files import DEMO_DIR, REPO  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 DEFAULT_VOCAB = SHARED / "bert" / "minilm-l6-h384-uncased-tf" / "vocab.txt"
 
@@ -58,7 +61,7 @@ def read_corpora() -> dict[str, list[str]]:
     corpora = {}
     for path in sorted((SHARED / "iwslt15-en-vi").glob("*")):
         corpora[path.name] = path.read_text(encoding="utf-8").splitlines()
-    for path in sorted((REPO / "data" / "demo").glob("**/*.gz")):
+    for path in sorted(DEMO_DIR.glob("**/*.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             corpora[str(path.relative_to(REPO))] = f.read().splitlines()
     return corpora

@@ -45,8 +45,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "data" / "demo"
+if __package__ in (None, ""):                  # run as `python tools/build_demo_corpus.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmt.files import DEMO_DIR  # noqa: E402
+
+DEFAULT_OUT = DEMO_DIR
 SEED = 1234                      # page -> split assignment
 EVAL_TARGET = 1250               # page-unique pairs wanted in each of dev and test
 EVAL_MIN = 1000                  # the build fails if dev or test ends up smaller

@@ -20,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):                  # run as `python tools/evaluate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmt.evaluate import (  # noqa: E402
     EvaluationError, check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap, read_lines)

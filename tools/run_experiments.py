@@ -47,8 +47,9 @@ from typing import Callable, Sequence
 if __package__ in (None, ""):                  # run as `python tools/run_experiments.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmt.config import (ARCHS, DEMO_PAIRS, DEMO_PRESET, REPO, TrainConfig, arch_preset,  # noqa: E402
+from nmt.config import (ARCHS, DEMO_PAIRS, DEMO_PRESET, TrainConfig, arch_preset,  # noqa: E402
                         demo_bpe_merges, demo_data_dir, demo_preset)
+from nmt.files import atomic_write, demo_name, experiment_dir  # noqa: E402
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
 DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
@@ -368,9 +369,8 @@ class Experiment:
     @staticmethod
     def _write(path: Path, result: dict) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        tmp.replace(path)
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(result, indent=1))
         return result
 
     def run(self) -> str:
@@ -596,8 +596,8 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     selected = select_systems(systems, args.systems)
     if demo and args.pair not in DEMO_PAIRS:
         raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
-    name = f"demo-{args.pair}" if demo else Path(args.data).resolve().name
-    out = Path(args.out) if args.out else REPO / "checkpoints" / "experiments" / name
+    name = demo_name(args.pair) if demo else Path(args.data).resolve().name
+    out = Path(args.out) if args.out else experiment_dir(name)
     values = {**(DEMO_PRESET if demo else {}), **user_values}
     stage_epochs = parse_max_epochs(args.max_epochs)
     if demo and None not in stage_epochs and "max_epochs" not in user_values:     # the demo's epochs per stage
