@@ -23,32 +23,17 @@ from pathlib import Path
 import torch
 
 from nmt.files import demo_name, run_dir
+from nmt.text import decode_lines, read_lines
 from nmt.translator import TranslateError, Translator, resolve_checkpoint  # noqa: F401  (re-exported)
 
 DEFAULT_RUN = run_dir(demo_name("en-de"))     # the demo run directory (train.py's default)
 
 
 def read_input(path: str | None) -> tuple[list[str], str]:
-    """Lines of a UTF-8 file (or stdin), without newlines; invalid UTF-8 names the line."""
-    name = path or "<stdin>"
-    if path is not None and not Path(path).is_file():
-        raise TranslateError(f"{path}: input file not found")
-    data = Path(path).read_bytes() if path is not None else sys.stdin.buffer.read()
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
-    lines = []
-    for number, raw in enumerate(raw_lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise TranslateError(f"{name}:{number}: invalid UTF-8 at byte {e.start} of the line "
-                                 f"({raw[max(e.start - 10, 0):e.start + 10]!r}); re-encode the input as UTF-8 "
-                                 f"(e.g. iconv -f latin1 -t utf-8)") from None
-        if number == 1:
-            line = line.removeprefix("\ufeff")
-        lines.append(line.removesuffix("\r"))
-    return lines, name
+    """Lines of a UTF-8 file (or stdin), without newlines, and the name errors use for it."""
+    if path is not None:
+        return read_lines(path), path
+    return [line for _, line in decode_lines(sys.stdin.buffer, "<stdin>")], "<stdin>"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,7 +80,7 @@ def main(argv=None) -> int:
         lines, name = read_input(args.input)
         references = None
         if args.reference:
-            from nmt.evaluate import check_parallel, read_lines
+            from nmt.evaluate import check_parallel
             references = read_lines(args.reference)
             check_parallel([(name, lines), (args.reference, references)])
         from tqdm import tqdm

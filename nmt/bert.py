@@ -43,9 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class CheckpointError(ValueError):
-    """A BERT config or checkpoint that cannot be read or does not fit; the message names the file."""
+from nmt.checkpoint import CheckpointError
 
 
 @dataclass
@@ -246,10 +244,10 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _expected_shapes(config: BertConfig, with_pooler: bool) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: BertConfig, with_pooler: bool) -> dict[str, tuple[int, ...]]:
     """Native parameter name -> shape for ``config`` (used to validate checkpoints; no allocation).
 
-    >>> shapes = _expected_shapes(BertConfig(30522, 384, 6, 12, 1536), with_pooler=False)
+    >>> shapes = expected_shapes(BertConfig(30522, 384, 6, 12, 1536), with_pooler=False)
     >>> len(shapes), shapes["layers.5.attn.qkv.weight"]
     (77, (1152, 384))
     """
@@ -274,4 +272,4 @@ def _expected_shapes(config: BertConfig, with_pooler: bool) -> dict[str, tuple[i
     return shapes
 
 
-__all__ = ["BertConfig", "BertEncoder", "CheckpointError", "num_parameters"]
+__all__ = ["BertConfig", "BertEncoder", "expected_shapes", "num_parameters"]

@@ -31,10 +31,15 @@ A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from nmt.files import atomic_write
+from nmt.model import ModelSpec, Seq2Seq, build_model
+
+if TYPE_CHECKING:
+    from nmt.text import SourcePipeline, TargetPipeline
 
 FORMAT = "nmt-checkpoint/1"
 STAGE_DIRS = ("finetune", "decoder", "direct", "scratch")     # preference order for translation
@@ -44,7 +49,8 @@ REQUIRED_FOR_RESUME = REQUIRED_FOR_TRANSLATION + ("stage", "config", "optimizer"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated, corrupt or not one of ours; the message names the file."""
+    """A checkpoint -- a training snapshot or pre-trained BERT weights and config -- that is missing,
+    truncated, corrupt, not one of ours, or does not fit the model; the message names the file."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -79,6 +85,35 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_T
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing} (a partial or foreign checkpoint)")
     return state
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
+                          encoder_dropout: float | None = None) -> tuple[Seq2Seq, ModelSpec]:
+    """The network a loaded checkpoint describes, with its weights; ``encoder_dropout`` replaces
+    BERT's hidden dropout (fine-tuning with --encoder-dropout)."""
+    spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
+    if encoder_dropout is not None and spec.bert_config:
+        spec.bert_config = {**spec.bert_config, "hidden_dropout_prob": encoder_dropout}
+    model = build_model(spec)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
+    return model, spec
+
+
+def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,
+                       data_dir: Path) -> None:
+    """A checkpoint can only continue on (or be scored on) data encoded with the same source and
+    target vocabularies."""
+    for side, pipeline in (("source", source), ("target", target)):
+        theirs = list(ckpt[side].get("vocab", []))
+        ours = list(pipeline.vocab_tokens if side == "source" else pipeline.vocab.symbols)
+        if theirs != ours:
+            diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+            raise CheckpointError(f"{ckpt_path}: its {side} vocabulary ({len(theirs)} entries) differs from the data's "
+                                  f"in {data_dir} ({len(ours)} entries; first difference at id {diff}); use the data "
+                                  f"directory the checkpoint was trained on")
 
 
 def rng_state() -> dict:

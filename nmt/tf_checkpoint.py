@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.bert import BertConfig, CheckpointError, _expected_shapes
+from nmt.bert import BertConfig, expected_shapes
+from nmt.checkpoint import CheckpointError
 
 # ---- CRC32C --------------------------------------------------------------------------------
 
@@ -500,7 +501,7 @@ def map_to_native(tensors: dict[str, torch.Tensor], table: dict, skip: tuple[str
         parts.setdefault(native, {})[part] = tensor.contiguous()
 
     with_pooler = any(n.startswith("pooler.") for n in parts)
-    expected = _expected_shapes(config, with_pooler=with_pooler)
+    expected = expected_shapes(config, with_pooler=with_pooler)
     missing = []
     for native in expected:
         have = parts.get(native, {})

@@ -1,7 +1,10 @@
-"""The training loop: stages, epochs, dev evaluation, early stopping, checkpoints, resume.
+"""Training: a run assembled from its config, and the loop (stages, epochs, dev evaluation, early
+stopping, checkpoints, resume).
 
-:func:`setup` turns a :class:`~nmt.config.TrainConfig` into a ready :class:`Trainer` (data, model,
-BERT weights or the stage-1 checkpoint, or the checkpoint to resume); :meth:`Trainer.fit` trains.
+:func:`setup` turns a :class:`~nmt.config.TrainConfig` into a ready :class:`Trainer`: the data (the
+demo corpus is prepared on first use, nmt/prepare.py), the model for the stage (BERT weights and a
+new decoder, the stage-1 checkpoint, or the checkpoint to resume); :meth:`Trainer.fit` trains. The
+dev loss is summed as nmt/evaluate.py scores any checkpoint (``sum_losses``), so both agree.
 
 Stages (see docs/design.md and the paper):
 
@@ -36,71 +39,32 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, CheckpointError, load_checkpoint, rng_state,
-                            save_checkpoint, set_rng_state, stage_dir)
+from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, check_vocabularies, load_checkpoint, model_from_checkpoint,
+                            rng_state, save_checkpoint, set_rng_state, stage_dir)
 from nmt.config import TrainConfig, default_run_dir, demo_bpe_merges, demo_data_dir
-from nmt.data import DataError, ParallelData, collate, make_batches, read_meta, token_budget
+from nmt.data import ParallelData, collate, read_meta, token_budget
 from nmt.distributed import DistContext, rank_seed, shard_batches, shard_pairs
-from nmt.files import atomic_copy
 from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
-from nmt.loss import perplexity
+from nmt.evaluate import Totals, corpus_bleu, dev_batches, sum_losses
+from nmt.files import atomic_copy
 from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
 from nmt.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
 from nmt.text import SourcePipeline, TargetPipeline, split_text
+from nmt.translator import Translator
 
 
 class TrainingError(ValueError):
     """Training cannot start or continue (bad data, missing checkpoint, mismatched vocabularies, NaN)."""
 
 
-@dataclass
-class Totals:
-    """Sums over batches; per-token values are sums / tokens."""
-    loss: float = 0.0           # label-smoothed loss, nats
-    nll: float = 0.0            # negative log-likelihood, nats
-    tokens: int = 0             # real target tokens (with EOS)
-    sentences: int = 0
-
-    def add(self, loss: float, nll: float, tokens: int, sentences: int) -> None:
-        self.loss += loss
-        self.nll += nll
-        self.tokens += tokens
-        self.sentences += sentences
-
-    def summary(self) -> dict:
-        t = max(self.tokens, 1)
-        return {"loss": self.loss / t, "nll": self.nll / t, "ppl": perplexity(self.nll, self.tokens),
-                "tokens": self.tokens, "sentences": self.sentences}
-
-
 # ----------------------------------------------------------------------------------------------
 # setup: from a config to a Trainer
-
-def dev_batches(data: ParallelData, max_sentences: int, max_tokens: int | None) -> list[np.ndarray]:
-    """The fixed (seed 0, epoch 0) length-bucketed batches a dev/test split is scored in."""
-    return make_batches(data.src_lengths, data.tgt_lengths, max_sentences=max_sentences, max_tokens=max_tokens,
-                        seed=0, epoch=0)
-
-
-@torch.no_grad()
-def sum_losses(data: ParallelData, batches, src_pad_id: int, device, loss_fn) -> Totals:
-    """Loss and NLL sums of ``loss_fn(batch) -> (loss_sum, nll_sum)`` over the given batches of a split
-    (the caller puts the model in eval mode). One loop for the trainer's dev evaluation and
-    nmt.evaluate.checkpoint_perplexity, so the two give the same numbers."""
-    totals = Totals()
-    for idx in batches:
-        batch = collate(data, idx, src_pad_id).to(device)
-        loss_sum, nll_sum = loss_fn(batch)
-        totals.add(loss_sum.item(), nll_sum.item(), batch.num_tokens, len(batch))
-    return totals
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -130,19 +94,6 @@ def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, 
             raise TrainingError(f"{directory}: the {data.split!r} split is empty (0 sentence pairs); check the "
                                 f"input files given to tools/prepare_data.py")
     return directory, train, valid
-
-
-def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,
-                       data_dir: Path) -> None:
-    """A checkpoint can only continue on data encoded with the same source and target vocabularies."""
-    for side, pipeline in (("source", source), ("target", target)):
-        theirs = list(ckpt[side].get("vocab", []))
-        ours = list(pipeline.vocab_tokens if side == "source" else pipeline.vocab.symbols)
-        if theirs != ours:
-            diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
-            raise TrainingError(f"{ckpt_path}: its {side} vocabulary ({len(theirs)} entries) differs from the data's in "
-                                f"{data_dir} ({len(ours)} entries; first difference at id {diff}); use the data "
-                                f"directory the checkpoint was trained on")
 
 
 def _load_bert_for(cfg: TrainConfig, source: SourcePipeline, data_dir: Path, print_fn) -> tuple:
@@ -176,13 +127,9 @@ def build_new_model(cfg: TrainConfig, source: SourcePipeline, target: TargetPipe
     return model, spec
 
 
-def model_from_checkpoint(ckpt: dict, cfg: TrainConfig | None = None) -> tuple[Seq2Seq, ModelSpec]:
-    spec = ModelSpec.from_dict(ckpt["model_spec"])
-    if cfg is not None and cfg.stage == "finetune" and spec.bert_config and cfg.encoder_dropout is not None:
-        spec.bert_config = {**spec.bert_config, "hidden_dropout_prob": cfg.encoder_dropout}
-    model = build_model(spec)
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model, spec
+def encoder_dropout(cfg: TrainConfig) -> float | None:
+    """--encoder-dropout replaces the dropout a stage-1 checkpoint's BERT was built with when fine-tuning."""
+    return cfg.encoder_dropout if cfg.stage == "finetune" else None
 
 
 def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_process: bool = True,
@@ -225,7 +172,7 @@ def _load_parts(cfg: TrainConfig, print_fn) -> tuple:
         if resume_state["stage"] != cfg.stage:
             raise TrainingError(f"{path}: a {resume_state['stage']!r} checkpoint, but --stage is {cfg.stage!r}")
         check_vocabularies(resume_state, source, target, path, data_dir)
-        model, spec = model_from_checkpoint(resume_state, cfg)
+        model, spec = model_from_checkpoint(resume_state, path, encoder_dropout(cfg))
         print_fn(f"resuming from {path} (step {resume_state['step']}, epoch {resume_state['epoch'] + 1}, "
                  f"batch {resume_state['batch_in_epoch']})")
     elif cfg.stage == "finetune":
@@ -235,7 +182,7 @@ def _load_parts(cfg: TrainConfig, print_fn) -> tuple:
                                 f"(train.py --stage decoder) or pass --init PATH")
         init = load_checkpoint(path)
         check_vocabularies(init, source, target, path, data_dir)
-        model, spec = model_from_checkpoint(init, cfg)
+        model, spec = model_from_checkpoint(init, path, encoder_dropout(cfg))
         if spec.arch != "bert":
             raise TrainingError(f"{path}: a {spec.arch} model; --stage finetune needs a BERT stage-1 checkpoint")
         print_fn(f"fine-tuning from {path}")
@@ -252,23 +199,21 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: Seq2Seq, spec: ModelSpec, source: SourcePipeline,
                  target: TargetPipeline, train: ParallelData, valid: ParallelData, out_dir: Path, *,
                  device: torch.device | str = "cpu", print_fn: Callable[[str], None] = print,
-                 master_process: bool = True, rank: int = 0, world_size: int = 1, resume_state: dict | None = None,
-                 dist: DistContext | None = None):
+                 master_process: bool = True, resume_state: dict | None = None, dist: DistContext | None = None):
         self.cfg, self.spec, self.source, self.target = cfg, spec, source, target
         self.train_data, self.valid_data, self.out_dir = train, valid, Path(out_dir)
         self.device = torch.device(device)
         self.model = model.to(self.device)      # the plain model: state dicts, evaluation, encoder cache
         self.dist = dist
-        if dist is not None:
-            master_process, rank, world_size = dist.master_process, dist.rank, dist.world_size
-        self.master_process, self.rank, self.world_size = master_process, rank, world_size
+        self.rank, self.world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+        self.master_process = dist.master_process if dist is not None else master_process
         self._print = print_fn
         self.src_pad_id = source.pad_id
         self.peak_lr = cfg.peak_lr()
         self.batch_limits = self._batch_limits()
         self.batches_per_epoch = len(self.epoch_batches(0))
         if self.batches_per_epoch == 0:
-            raise TrainingError(f"{train.directory}: no training batches for shard {rank} of {world_size}")
+            raise TrainingError(f"{train.directory}: no training batches for shard {self.rank} of {self.world_size}")
         self.warmup_steps = self._warmup_steps()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0     # updates done; epoch in progress; its batches done
         self.best_dev_loss: float | None = None
@@ -496,8 +441,6 @@ class Trainer:
         (one decoder pass per token); the final beam-10 BLEU is usually a little higher."""
         if self.dev_text is None:
             return None
-        from nmt.evaluate import corpus_bleu
-        from nmt.translator import Translator
         self.model.eval()
         source_lines, references = self.dev_text
         results = Translator(self.model, self.source, self.target, self.device).translate(source_lines, beam=1)

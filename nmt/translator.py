@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import torch
 
 from nmt.beam_search import Hypothesis, beam_search, greedy_search
-from nmt.checkpoint import best_checkpoint_path, load_checkpoint
-from nmt.model import ModelSpec, Seq2Seq, build_model
+from nmt.checkpoint import best_checkpoint_path, load_checkpoint, model_from_checkpoint
+from nmt.model import Seq2Seq
 from nmt.text import SourcePipeline, TargetPipeline
 
 
@@ -44,24 +44,14 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
         path = resolve_checkpoint(path)
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict):
-            raise TranslateError(f"{path}: not an nmt checkpoint (expected a dict)")
-        missing = [k for k in ("model_spec", "model", "source", "target") if k not in ckpt]
-        if missing:
-            raise TranslateError(f"{path}: checkpoint lacks {missing}; was it written by train.py?")
-        spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
+        ckpt = load_checkpoint(path)            # checks it has model_spec, model, source and target
         source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
         target = TargetPipeline.from_dict(ckpt["target"], what=f"{path}: target")
+        model, spec = model_from_checkpoint(ckpt, path)
         if len(source.vocab_tokens) != spec.src_vocab_size or len(target.vocab) != spec.tgt_vocab_size:
             raise TranslateError(f"{path}: vocabulary sizes (source {len(source.vocab_tokens)}, target "
                                  f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
                                  f"{spec.tgt_vocab_size})")
-        model = build_model(spec)
-        try:
-            model.load_state_dict(ckpt["model"], strict=True)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise TranslateError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
         device = torch.device(device)
         model.decoder.for_decoding()             # transposed weights: faster incremental steps
         return cls(model.to(device).eval(), source, target, device)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.bert import BertConfig, BertEncoder, CheckpointError, _expected_shapes
+from nmt.bert import BertConfig, BertEncoder, expected_shapes
+from nmt.checkpoint import CheckpointError
 from nmt.pretrained import installed_package_dir, load_bert
 
 TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32)
@@ -48,7 +49,7 @@ def test_state_dict_names_match_documented_shapes():
     config = BertConfig(**TINY)
     for pooler in (False, True):
         model = BertEncoder(config, with_pooler=pooler)
-        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == _expected_shapes(config, pooler)
+        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_shapes(config, pooler)
 
 
 def test_padding_does_not_change_real_positions_and_eval_is_deterministic():

@@ -7,9 +7,11 @@ import pytest
 import sacrebleu
 from sacrebleu.significance import PairedTest
 
-from nmt.evaluate import (MARK_BETTER, MARK_WORSE, EvaluationError, bleu_from_statistics,
-                          paired_bootstrap, paired_bootstrap_from_statistics, read_lines,
+from nmt.data import DataError
+from nmt.evaluate import (MARK_BETTER, MARK_WORSE, bleu_from_statistics,
+                          paired_bootstrap, paired_bootstrap_from_statistics,
                           resample_counts, sentence_statistics)
+from nmt.text import read_lines
 from tools.evaluate import main
 
 
@@ -57,9 +59,9 @@ def test_read_lines_real_file_bom_and_last_line(iwslt_dir):
 def test_read_lines_errors(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\nalso fine\nbroken \xff here\n")
-    with pytest.raises(EvaluationError, match=r"bad\.txt:3: invalid UTF-8"):
+    with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8"):
         read_lines(bad)
-    with pytest.raises(EvaluationError, match="no such file"):
+    with pytest.raises(DataError, match="missing.txt: file not found"):
         read_lines(tmp_path / "missing.txt")
     crlf = tmp_path / "crlf.txt"
     crlf.write_bytes(b"\xef\xbb\xbfa b\r\nc\r\n")

@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from nmt.bert import CheckpointError
+from nmt.checkpoint import CheckpointError
 from nmt.pretrained import (default_bert_path, ensure_default_bert, installed_package_dir, load_bert,
                             load_native, read_bert_dir, save_native)
 from nmt.safetensors_io import load_safetensors, save_safetensors

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import SHARED_BERT_TF, require_path
-from nmt.bert import BertConfig, CheckpointError
+from nmt.bert import BertConfig
+from nmt.checkpoint import CheckpointError
 from nmt.pretrained import installed_package_dir, read_bert_dir
 from nmt.safetensors_io import load_safetensors
 from nmt.tf_checkpoint import (TF_SKIP, TF_TO_NATIVE, _crc32c_bytewise, crc32c, map_to_native, mask_crc,

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmt.bert import CheckpointError  # noqa: E402
+from nmt.checkpoint import CheckpointError  # noqa: E402
 from nmt.pretrained import default_bert_path, installed_package_dir, read_bert_dir, save_native  # noqa: E402
 
 

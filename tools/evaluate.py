@@ -24,7 +24,8 @@ if __package__ in (None, ""):                  # run as `python tools/evaluate.p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmt.evaluate import (  # noqa: E402
-    EvaluationError, check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap, read_lines)
+    EvaluationError, check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap)
+from nmt.text import read_lines  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def read_segments(path: Path) -> list[str]:
+    """One segment per line (nmt.text.read_lines), with this tool's wording for a missing file."""
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such file")
+    return read_lines(path)
+
+
 def run_perplexity(args: argparse.Namespace, print_fn=print) -> None:
     from nmt.evaluate import checkpoint_perplexity
     if args.data is None:
@@ -70,11 +78,11 @@ def run(args: argparse.Namespace, print_fn=print) -> None:
     if not 0 < args.alpha < 1:
         raise EvaluationError(f"--alpha must be between 0 and 1, got {args.alpha}")
     tokenize = "none" if args.tokenized else "13a"
-    hyps, refs = read_lines(args.hyp), read_lines(args.ref)
+    hyps, refs = read_segments(args.hyp), read_segments(args.ref)
     files = [(args.hyp, hyps), (args.ref, refs)]
     baseline = None
     if args.baseline is not None:
-        baseline = read_lines(args.baseline)
+        baseline = read_segments(args.baseline)
         files.append((args.baseline, baseline))
     check_parallel(files)
 

@@ -93,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from nmt.evaluate import check_parallel
-    from nmt.text import open_text_lines
+    from nmt.text import read_lines
     try:
-        sources = [line for _, line in open_text_lines(args.src)]
-        references = [line for _, line in open_text_lines(args.ref)]
+        sources = read_lines(args.src)
+        references = read_lines(args.ref)
         named = [(args.src, sources), (args.ref, references)]
         hyps = None
         if args.hyp:
-            hyps = [line for _, line in open_text_lines(args.hyp)]
+            hyps = read_lines(args.hyp)
             named.append((args.hyp, hyps))
         check_parallel(named)
         translator = None

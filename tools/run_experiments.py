@@ -400,7 +400,7 @@ class Experiment:
         names = {t: split_text(self.data, t)[2] for t in tests}
 
         def hyps(name: str, split: str) -> list[str]:
-            from nmt.evaluate import read_lines
+            from nmt.text import read_lines
             return read_lines(self.run_dir(name) / f"{split}.hyp")
 
         baseline = results.get("transformer")
