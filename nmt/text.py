@@ -119,7 +119,7 @@ def split_text(data_dir: str | Path, split: str) -> tuple[list[str], list[str], 
     return src, ref, name
 
 
-def _pre_bpe_tokens(line: str, mode: str) -> list[str]:
+def pre_bpe_tokens(line: str, mode: str) -> list[str]:
     """Whitespace tokens that BPE segments: the line as is (tokenized) or after pretokenize (raw)."""
     line = strip_bom(line)
     if mode == "raw":
@@ -181,7 +181,7 @@ class SourcePipeline:
         """Subword tokens without special tokens (word pieces or BPE symbols)."""
         if self.kind == "wordpiece":
             return self.tokenizer.tokenize(self.clean(line))
-        return self.bpe.segment_tokens(_pre_bpe_tokens(line, self.mode))
+        return self.bpe.segment_tokens(pre_bpe_tokens(line, self.mode))
 
     def encode(self, line: str, max_length: int | None = None) -> list[int]:
         """Ids with specials: [CLS] ... [SEP] (wordpiece) or ... EOS (bpe); truncated to max_length."""
@@ -228,13 +228,13 @@ class TargetPipeline:
         """
         def symbols():
             for line in training_lines:
-                toks = _pre_bpe_tokens(line, mode) if isinstance(line, str) else list(line)
+                toks = pre_bpe_tokens(line, mode) if isinstance(line, str) else list(line)
                 yield bpe.segment_tokens(toks)
         return cls(mode, bpe, Vocab.build(symbols()))
 
     def tokens(self, line: str) -> list[str]:
         """BPE symbols of a line (what the ids stand for)."""
-        return self.bpe.segment_tokens(_pre_bpe_tokens(line, self.mode))
+        return self.bpe.segment_tokens(pre_bpe_tokens(line, self.mode))
 
     def encode(self, line: str) -> list[int]:
         return self.vocab.encode(self.tokens(line))

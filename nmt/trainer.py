@@ -54,6 +54,7 @@ from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.evaluate import Totals, corpus_bleu, dev_batches, sum_losses
 from nmt.files import atomic_copy
 from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
+from nmt.prepare import prepare_demo
 from nmt.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
 from nmt.text import SourcePipeline, TargetPipeline, split_text
 from nmt.translator import Translator
@@ -77,8 +78,7 @@ def resolve_device(name: str) -> torch.device:
 
 def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:
     """The prepared data directory (the demo is prepared once into checkpoints/data/), train and valid."""
-    if cfg.data is None:
-        from tools.prepare_data import prepare_demo     # the demo corpus is prepared on first use
+    if cfg.data is None:                                # the demo corpus is prepared on first use
         directory = demo_data_dir(cfg.pair, cfg.arch)
         prepare_demo(directory, cfg.pair, bert=cfg.bert, bpe_merges=demo_bpe_merges(cfg.arch),
                      source_bpe=cfg.arch != "bert", reuse=True, print_fn=print_fn)

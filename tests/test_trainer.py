@@ -37,7 +37,7 @@ def _write_split(directory: Path, name: str, pairs) -> None:
 
 
 def _prepare(out: Path, raw: Path, train_pairs, dev_pairs, bpe_merges=150) -> Path:
-    from tools.prepare_data import prepare
+    from nmt.prepare import prepare
     raw.mkdir(parents=True, exist_ok=True)
     _write_split(raw, "train", train_pairs)
     if dev_pairs is not None:

@@ -150,7 +150,7 @@ def prepare_baseline_data(data_dir: Path, out: Path, print_fn) -> Path:
     """The Transformer baseline's data: the same text files and target BPE settings as ``data_dir``,
     with a source BPE instead of BERT's WordPiece (prepared once; reused when the inputs are unchanged)."""
     from nmt.data import read_meta
-    from tools.prepare_data import prepare
+    from nmt.prepare import prepare
     settings = read_meta(data_dir).get("settings", {})
     inputs, src, tgt = settings.get("inputs", {}), settings.get("src"), settings.get("tgt")
     if "train" not in inputs or not src or not tgt:
@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     """Validate the arguments, prepare the data if needed, and plan the runs."""
     from nmt.data import read_meta
-    from tools.prepare_data import prepare_demo
+    from nmt.prepare import prepare_demo
     finetune_lrs = parse_list(args.finetune_lrs, float, "--finetune-lrs")
     table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
     if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr or 1]) or any(n < 0 for n in table4):
