@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from nmt.config import DEMO_PAIRS
 from nmt.files import demo_name, run_dir
 from nmt.text import decode_lines, read_lines
 from nmt.translator import TranslateError, Translator, resolve_checkpoint  # noqa: F401  (re-exported)
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint",
                    help="checkpoint file, or a run directory to use its best model (fine-tuned if there is "
                         f"one, else stage 1); default: the demo run of --pair ({DEFAULT_RUN})")
-    p.add_argument("--pair", default="en-de", choices=("en-de", "en-vi"),
+    p.add_argument("--pair", default="en-de", choices=DEMO_PAIRS,
                    help="without --checkpoint: the demo run of this direction, checkpoints/demo-PAIR "
                         "(train.py --pair PAIR); default: %(default)s")
     p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")

@@ -2,8 +2,8 @@
 
 Defaults are the paper's Table 2 (Imamura & Sumita 2019): batches of ~500 sentences, Adam with
 betas (0.9, 0.99), peak LR 4e-4 (8e-5 for fine-tuning), linear warm-up for 5 epochs then inverse
-square-root decay, label smoothing 0.1, dropout 0.15. The comment after each field is its ``--help``
-text (read from this file's source, so there is one place to document a field):
+square-root decay, label smoothing 0.1, dropout 0.15. Each field is declared with its ``--help`` text
+(:func:`flag`: the dataclass field's metadata), so there is one place to document a field:
 
 >>> parser = build_parser()
 >>> cfg = config_from_args(parser.parse_args(["--stage", "finetune", "--max-epochs", "3"]))
@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from nmt.files import data_dir, demo_name, run_dir
+from nmt.model import ARCHS, STAGES
 
-STAGES = ("decoder", "finetune", "direct", "scratch")
-ARCHS = ("bert", "transformer-base", "transformer-bert-size", "transformer-small")
 DEMO_PAIRS = ("en-de", "en-vi")
 
 
@@ -35,52 +32,69 @@ class ConfigError(ValueError):
     """An invalid combination of training options."""
 
 
+def flag(default, help: str):
+    """A TrainConfig field: its default and its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # ---- what to train
-    stage: str = "decoder"                 # decoder (stage 1: frozen BERT) | finetune (stage 2) | direct (BERT + new decoder end to end) | scratch (Transformer baselines)
-    arch: str = "bert"                     # bert | transformer-base | transformer-bert-size | transformer-small (the baselines train with --stage scratch)
-    data: str | None = None                # prepared data directory (tools/prepare_data.py); none: the embedded demo corpus
-    pair: str = "en-de"                    # demo direction when --data is not given: en-de or en-vi
-    bert: str | None = None                # BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2
-    init: str | None = None                # finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt
-    run_dir: str | None = None             # run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH for baselines)
-    resume: bool = False                   # continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, data position)
-    epoch_checkpoints: str | None = None   # also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" (fine-tuning after N epochs of stage 1, the paper's Table 4)
+    stage: str = flag("decoder", "decoder (stage 1: frozen BERT) | finetune (stage 2) | direct (BERT + new decoder "
+                                 "end to end) | scratch (Transformer baselines)")
+    arch: str = flag("bert", "bert | transformer-base | transformer-bert-size | transformer-small (the baselines "
+                             "train with --stage scratch)")
+    data: str | None = flag(None, "prepared data directory (tools/prepare_data.py); none: the embedded demo corpus")
+    pair: str = flag("en-de", "demo direction when --data is not given: en-de or en-vi")
+    bert: str | None = flag(None, "BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2")
+    init: str | None = flag(None, "finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt")
+    run_dir: str | None = flag(None, "run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH "
+                                     "for baselines)")
+    resume: bool = flag(False, "continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, "
+                               "data position)")
+    epoch_checkpoints: str | None = flag(None, 'also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" '
+                                               "(fine-tuning after N epochs of stage 1, the paper's Table 4)")
     # ---- optimisation (paper, Table 2)
-    lr: float | None = None                # peak learning rate; none: --train-lr (--finetune-lr for stage finetune)
-    train_lr: float = 4e-4                 # peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)
-    finetune_lr: float = 8e-5              # peak LR of stage finetune when --lr is not given (paper: 8e-5)
-    warmup_epochs: float | None = None     # linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4
-    warmup_reference: float = 5.0          # warm-up epochs at LR 4e-4 that other LRs scale from (paper: 5, so finetune at 8e-5 gets 1)
-    warmup_steps: int | None = None        # linear warm-up in updates (overrides --warmup-epochs)
-    adam_beta1: float = 0.9                # Adam beta1
-    adam_beta2: float = 0.99               # Adam beta2 (paper: 0.99)
-    adam_eps: float = 1e-8                 # Adam epsilon
-    weight_decay: float = 0.0              # Adam weight decay (L2; the paper uses none)
-    clip_norm: float = 0.0                 # clip the gradient norm to this (0: off, fairseq's default)
-    label_smoothing: float = 0.1           # label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per wrong class)
-    dropout: float = 0.15                  # decoder (and baseline encoder) dropout (paper: 0.15)
-    encoder_dropout: float | None = None   # BERT hidden dropout in finetune/direct; none: BERT's own (0.1)
-    decoder_layers: int = 6                # decoder layers (paper: 6); width and heads follow the encoder
+    lr: float | None = flag(None, "peak learning rate; none: --train-lr (--finetune-lr for stage finetune)")
+    train_lr: float = flag(4e-4, "peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)")
+    finetune_lr: float = flag(8e-5, "peak LR of stage finetune when --lr is not given (paper: 8e-5)")
+    warmup_epochs: float | None = flag(None, "linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4")
+    warmup_reference: float = flag(5.0, "warm-up epochs at LR 4e-4 that other LRs scale from (paper: 5, so finetune "
+                                        "at 8e-5 gets 1)")
+    warmup_steps: int | None = flag(None, "linear warm-up in updates (overrides --warmup-epochs)")
+    adam_beta1: float = flag(0.9, "Adam beta1")
+    adam_beta2: float = flag(0.99, "Adam beta2 (paper: 0.99)")
+    adam_eps: float = flag(1e-8, "Adam epsilon")
+    weight_decay: float = flag(0.0, "Adam weight decay (L2; the paper uses none)")
+    clip_norm: float = flag(0.0, "clip the gradient norm to this (0: off, fairseq's default)")
+    label_smoothing: float = flag(0.1, "label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per "
+                                       "wrong class)")
+    dropout: float = flag(0.15, "decoder (and baseline encoder) dropout (paper: 0.15)")
+    encoder_dropout: float | None = flag(None, "BERT hidden dropout in finetune/direct; none: BERT's own (0.1)")
+    decoder_layers: int = flag(6, "decoder layers (paper: 6); width and heads follow the encoder")
     # ---- batches and stopping
-    max_sentences: int = 500               # sentences per batch (paper: ~500), length-bucketed: on average with --batching tokens, exactly with sentences
-    batching: str = "tokens"               # tokens: every batch holds about max_sentences x the mean padded length in tokens, so every update sees the same number of target tokens (fairseq's --max-tokens) | sentences: exactly max_sentences per batch (then a token of a short segment weighs more: the loss is a per-batch token mean)
-    max_tokens: int | None = None          # also cap padded tokens per batch (B x longest side); none: no cap
-    max_epochs: int = 100                  # stop after this many epochs
-    patience: int = 3                      # stop when the dev loss has not improved for this many epochs
-    dev_bleu: bool = False                 # after each epoch also translate the dev set (greedy search) and log its BLEU
-    max_steps: int | None = None           # stop after this many updates in total (tests, benchmarks)
-    max_cpu_minutes: float | None = None   # stop after the epoch in which this stage's process CPU time (encoder cache, updates, dev loss) reaches this; compute-matched baselines
-    seed: int = 1                          # seed for initialisation, dropout and batch shuffling
+    max_sentences: int = flag(500, "sentences per batch (paper: ~500), length-bucketed: on average with --batching "
+                                   "tokens, exactly with sentences")
+    batching: str = flag("tokens", "tokens: every batch holds about max_sentences x the mean padded length in "
+                                   "tokens, so every update sees the same number of target tokens (fairseq's "
+                                   "--max-tokens) | sentences: exactly max_sentences per batch (then a token of a "
+                                   "short segment weighs more: the loss is a per-batch token mean)")
+    max_tokens: int | None = flag(None, "also cap padded tokens per batch (B x longest side); none: no cap")
+    max_epochs: int = flag(100, "stop after this many epochs")
+    patience: int = flag(3, "stop when the dev loss has not improved for this many epochs")
+    dev_bleu: bool = flag(False, "after each epoch also translate the dev set (greedy search) and log its BLEU")
+    max_steps: int | None = flag(None, "stop after this many updates in total (tests, benchmarks)")
+    max_cpu_minutes: float | None = flag(None, "stop after the epoch in which this stage's process CPU time (encoder "
+                                               "cache, updates, dev loss) reaches this; compute-matched baselines")
+    seed: int = flag(1, "seed for initialisation, dropout and batch shuffling")
     # ---- speed
-    encoder_cache: str = "auto"            # decoder stage: cache encoder outputs: auto | memory | disk | off
-    cache_dtype: str = "float16"           # encoder cache precision: float16 (half the memory) | float32 (exact)
-    cache_max_gb: float = 4.0              # auto: largest in-memory cache (GB); larger ones go to disk in the run directory
-    device: str = "auto"                   # cpu | cuda | cuda:N | auto (cuda when available)
-    amp: str = "off"                       # CUDA autocast dtype: off | bfloat16 | float16
-    threads: int = 0                       # torch CPU threads (0: torch's default)
-    progress: bool = True                  # show a tqdm bar per epoch
+    encoder_cache: str = flag("auto", "decoder stage: cache encoder outputs: auto | memory | disk | off")
+    cache_dtype: str = flag("float16", "encoder cache precision: float16 (half the memory) | float32 (exact)")
+    cache_max_gb: float = flag(4.0, "auto: largest in-memory cache (GB); larger ones go to disk in the run directory")
+    device: str = flag("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    amp: str = flag("off", "CUDA autocast dtype: off | bfloat16 | float16")
+    threads: int = flag(0, "torch CPU threads (0: torch's default)")
+    progress: bool = flag(True, "show a tqdm bar per epoch")
 
     def peak_lr(self) -> float:
         """--lr, else the stage's: --finetune-lr (paper: 8e-5) for fine-tuning, --train-lr (4e-4) otherwise."""
@@ -200,17 +214,11 @@ def demo_bpe_merges(arch: str = "bert") -> int:
     return LOW_RESOURCE_BPE_MERGES if arch == "transformer-small" else DEMO_BPE_MERGES
 
 
-def _field_help() -> dict[str, str]:
-    """Field name -> the comment after it in TrainConfig's source."""
-    source = inspect.getsource(TrainConfig)
-    return {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^\s{4}(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE)}
+FIELD_HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}     # field name -> its --help text
 
 
-FIELD_HELP = _field_help()
-
-
-def _parse_optional(kind):
+def parse_optional(kind):
+    """An argparse type for an optional value: "none" or "" is None, anything else ``kind(text)``."""
     def parse(text: str):
         return None if text.lower() in ("none", "") else kind(text)
     parse.__name__ = kind.__name__
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
-        p.add_argument(flag, dest=f.name, type=_parse_optional(kind) if "None" in str(f.type) else kind,
+        p.add_argument(flag, dest=f.name, type=parse_optional(kind) if "None" in str(f.type) else kind,
                        default=None, metavar=f.name.upper(), help=help_text)
     return p
 
@@ -251,10 +259,6 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None) -> Tr
     if "stage" not in given and values.get("arch", "bert") != "bert":
         values["stage"] = "scratch"
     return dataclasses.replace(TrainConfig(), **values)
-
-
-def is_demo(cfg: TrainConfig) -> bool:
-    return cfg.data is None
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -47,9 +47,10 @@ from typing import Callable, Sequence
 if __package__ in (None, ""):                  # run as `python tools/run_experiments.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmt.config import (ARCHS, DEMO_PAIRS, DEMO_PRESET, TrainConfig, arch_preset,  # noqa: E402
-                        demo_bpe_merges, demo_data_dir, demo_preset)
+from nmt.config import (DEMO_PAIRS, DEMO_PRESET, TrainConfig, arch_preset, demo_bpe_merges,  # noqa: E402
+                        demo_data_dir, demo_preset)
 from nmt.files import atomic_write, demo_name, experiment_dir  # noqa: E402
+from nmt.model import ARCHS  # noqa: E402
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
 DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
@@ -495,7 +496,7 @@ class Experiment:
 
 def parse_max_epochs(text: str | None) -> dict:
     """--max-epochs "3,decoder=8" -> {None: 3, "decoder": 8} (None: every stage)."""
-    from nmt.config import STAGES
+    from nmt.model import STAGES
     out: dict = {}
     for item in (text or "").replace(" ", "").split(","):
         if not item:
@@ -510,7 +511,7 @@ def parse_max_epochs(text: str | None) -> dict:
 
 def parse_set(items: Sequence[str]) -> dict:
     """--set KEY=VALUE (TrainConfig fields, e.g. decoder_layers=3) with the field's type."""
-    from nmt.config import _parse_optional
+    from nmt.config import parse_optional
     types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out = {}
     for item in items:
@@ -522,7 +523,7 @@ def parse_set(items: Sequence[str]) -> dict:
         kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}[
             types[key].split(" ")[0]]
         try:
-            out[key] = _parse_optional(kind)(value) if "None" in types[key] else kind(value)
+            out[key] = parse_optional(kind)(value) if "None" in types[key] else kind(value)
         except ValueError:
             raise ExperimentError(f"--set {item!r}: {value!r} is not a valid {types[key]}") from None
     return out
