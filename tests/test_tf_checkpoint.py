@@ -12,8 +12,8 @@ from nmt.bert import BertConfig
 from nmt.checkpoint import CheckpointError
 from nmt.pretrained import installed_package_dir, read_bert_dir
 from nmt.safetensors_io import load_safetensors
-from nmt.tf_checkpoint import (TF_SKIP, TF_TO_NATIVE, _crc32c_bytewise, crc32c, map_to_native, mask_crc,
-                               read_bundle_index, read_tf_checkpoint)
+from nmt.bert_names import TF_SKIP, TF_TO_NATIVE, map_to_native
+from nmt.tf_checkpoint import crc32c, crc32c_bytewise, mask_crc, read_bundle_index, read_tf_checkpoint
 
 INDEX = "bert_model.ckpt.index"
 DATA = "bert_model.ckpt.data-00000-of-00001"
@@ -32,7 +32,7 @@ def test_crc32c_known_values():
 @pytest.mark.parametrize("size", [1, 2047, 2048, 2049, 4096 * 8 + 3, 300_007, 2_000_000])
 def test_crc32c_lanes_match_bytewise(size):
     data = os.urandom(size)
-    assert crc32c(data) == _crc32c_bytewise(data)
+    assert crc32c(data) == crc32c_bytewise(data)
 
 
 def test_mask_is_leveldb_rotation():
