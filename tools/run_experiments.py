@@ -392,31 +392,37 @@ class Experiment:
         return {s.name: json.loads(self.result_path(s).read_text(encoding="utf-8"))
                 for s in self.systems if self.result_path(s).is_file()}
 
-    def tables(self) -> str:
+    def significance_marks(self, results: dict[str, dict], tests: list[str]) -> dict[tuple[str, str, str], str]:
+        """(system, test split, "bleu" | "tok_bleu") -> "(+)", "(−)" or "": a paired bootstrap test of
+        every finished system against the Transformer baseline (none without a finished baseline)."""
         from nmt.evaluate import paired_bootstrap
+        from nmt.text import read_lines, split_text
+        if results.get("transformer", {}).get("status") != "ok":
+            return {}
+
+        def hyps(name: str, split: str) -> list[str]:
+            return read_lines(self.run_dir(name) / f"{split}.hyp")
+
+        refs = {t: split_text(self.data, t)[1] for t in tests}
+        marks: dict[tuple[str, str, str], str] = {}
+        for name, r in results.items():
+            if name == "transformer" or r.get("status") != "ok":
+                continue
+            for t in tests:
+                for key, tok in (("bleu", "13a"), ("tok_bleu", "none")):
+                    marks[name, t, key] = paired_bootstrap(
+                        hyps(name, t), hyps("transformer", t), refs[t], tokenize=tok,
+                        num_samples=self.args.bootstrap_samples, seed=self.args.bootstrap_seed).mark
+        return marks
+
+    def tables(self) -> str:
+        """results.md: the paper's Tables 3/5 and 4 from the systems' result.json files."""
         from nmt.text import split_text
         results = self.load_results()
         tests = test_splits(self.data)
-        refs = {t: split_text(self.data, t)[1] for t in tests}
         names = {t: split_text(self.data, t)[2] for t in tests}
-
-        def hyps(name: str, split: str) -> list[str]:
-            from nmt.text import read_lines
-            return read_lines(self.run_dir(name) / f"{split}.hyp")
-
-        baseline = results.get("transformer")
-        has_baseline = baseline is not None and baseline.get("status") == "ok"
-        marks: dict[tuple[str, str, str], str] = {}
-        if has_baseline:
-            for name, r in results.items():
-                if name == "transformer" or r.get("status") != "ok":
-                    continue
-                for t in tests:
-                    for key, tok in (("bleu", "13a"), ("tok_bleu", "none")):
-                        test = paired_bootstrap(hyps(name, t), hyps("transformer", t), refs[t], tokenize=tok,
-                                                num_samples=self.args.bootstrap_samples, seed=self.args.bootstrap_seed)
-                        marks[name, t, key] = test.mark
-                        r.setdefault("significance", {})[f"{t}/{key}"] = dataclasses.asdict(test)
+        marks = self.significance_marks(results, tests)
+        has_baseline = results.get("transformer", {}).get("status") == "ok"
 
         def scores(r: dict | None, name: str) -> list[str]:
             if r is None:
