@@ -1,4 +1,4 @@
-"""Binarized parallel data: written once by tools/prepare_data.py, memory-mapped by training.
+"""Binarized parallel data: written once by nmt/prepare.py (tools/prepare_data.py), memory-mapped by training.
 
 A 4.5M-pair corpus does not fit comfortably in Python lists, so every split is stored as two flat
 int32 arrays of token ids plus int64 offsets, and read back with ``np.memmap`` (nothing is loaded
