@@ -61,7 +61,7 @@ from nmt.translator import Translator
 
 
 class TrainingError(ValueError):
-    """Training cannot start or continue (bad data, missing checkpoint, mismatched vocabularies, NaN)."""
+    """Training cannot start or continue (bad data, no checkpoint to resume or fine-tune, NaN)."""
 
 
 # ----------------------------------------------------------------------------------------------
