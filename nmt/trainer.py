@@ -219,6 +219,7 @@ class Trainer:
         self.best_dev_loss: float | None = None
         self.bad_epochs = 0
         self.cpu_seconds = 0.0                  # this stage's process CPU time so far (cache, updates, dev)
+        self._cpu_start: tuple[float, float] | None = None   # (process_time, cpu_seconds) when fit() began
         self.cache: EncoderCache | None = None
         self._cache_file: Path | None = None
         self._stop_requested = False            # Ctrl-C seen by this process
@@ -268,7 +269,7 @@ class Trainer:
             self.warmup_steps = self._warmup_steps()
             self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
             self.best_dev_loss, self.bad_epochs = None, 0
-            self.cpu_seconds = 0.0
+            self.cpu_seconds, self._cpu_start = 0.0, None
             self._release_cache()
         cfg = self.cfg
         self.model.set_stage(stage)
@@ -515,7 +516,7 @@ class Trainer:
 
     def _cpu_now(self) -> float:
         """This stage's CPU seconds up to now (all threads of this process; summed over resumes)."""
-        start = getattr(self, "_cpu_start", None)
+        start = self._cpu_start
         return self.cpu_seconds if start is None else start[1] + time.process_time() - start[0]
 
     def _loop(self) -> str:
