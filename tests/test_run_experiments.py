@@ -206,3 +206,27 @@ def test_evaluate_cli_prints_checkpoint_perplexity(stanford, tmp_path, capsys):
     assert line.startswith("valid: loss ") and f"ppl {ppl:.2f}" in line
     assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"]), "--split", "test9"]) == 2
     assert "no split 'test9'" in capsys.readouterr().err
+
+
+def test_matched_baseline_trains_last_with_the_cpu_time_of_stage_1_and_2(stanford, tmp_path):
+    """--baseline-budget matched: the small baseline runs after stage 1 and the main fine-tuning run,
+    with --max-cpu-minutes = their CPU time, and the table says so."""
+    out = tmp_path / "exp"
+    assert _run(stanford, out, "--systems", "transformer,decoder,finetune-lr8e-5", "--baseline-arch",
+                "transformer-small", "--baseline-budget", "matched", "--max-epochs", "1,scratch=50",
+                "--no-dev-bleu") == 0
+    records = {name: [json.loads(line) for line in (out / name / stage / "metrics.jsonl").read_text().splitlines()]
+               for name, stage in (("decoder", "decoder"), ("finetune-lr8e-5", "finetune"), ("transformer", "scratch"))}
+    spent = sum([r for r in records[name] if r["event"] == "epoch"][-1]["cpu_seconds"]
+                for name in ("decoder", "finetune-lr8e-5"))
+    start = records["transformer"][0]
+    assert start["event"] == "start" and start["config"]["arch"] == "transformer-small"
+    assert start["config"]["max_cpu_minutes"] == pytest.approx(spent / 60)
+    assert start["config"]["dropout"] == 0.3 and start["config"]["lr"] == 1e-3     # the low-resource recipe
+    assert records["transformer"][0]["time"] > records["finetune-lr8e-5"][-1]["time"]  # trained last
+    baseline = json.loads((out / "transformer" / "result.json").read_text())
+    assert baseline["train"]["stop"] in ("cpu_budget", "converged")
+    assert baseline["train"]["cpu_seconds"] >= spent or baseline["train"]["stop"] == "converged"
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert "the baseline was given the CPU time of decoder + finetune-lr8e-5" in table
+    assert "| Transformer (transformer-small, from scratch) | 1e-3 |" in table
