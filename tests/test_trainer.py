@@ -220,9 +220,10 @@ def test_ctrl_c_saves_last_and_stops(work, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
         return out
     trainer.train_step = interrupted_step
+    before = signal.getsignal(signal.SIGINT)   # Python's default; SIG_IGN when started as a background job
     assert trainer.fit() == "interrupted"
     assert load_checkpoint(tmp_path / "decoder" / "checkpoint_last.pt")["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before                 # the caller's handler is back
 
 
 def test_nan_loss_stops_with_a_message_and_saves_nothing(work, tmp_path):
