@@ -28,15 +28,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nmt.config import (arch_preset, build_parser, config_from_args, demo_bpe_merges, demo_preset,  # noqa: E402
-                        given_options)
+                        given_options, implied_stage)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     demo = given_options(args).get("data") is None
-    stage = args.stage or ("decoder" if (args.arch or "bert") == "bert" else "scratch")
-    preset = {**(demo_preset(args.pair or "en-de", stage) if demo else {}), **arch_preset(args.arch or "bert")}
+    arch = args.arch or "bert"
+    preset = {**(demo_preset(args.pair or "en-de", implied_stage(args.stage, arch)) if demo else {}),
+              **arch_preset(arch)}
     cfg = config_from_args(args, preset=preset)
     from nmt.distributed import launched_by_torchrun
     where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)

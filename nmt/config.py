@@ -164,10 +164,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Rebuild from a checkpoint's "config"; keys of other versions are ignored. Checkpoints from
-        before --batching existed were cut into sentence batches (so a resume continues the same epoch)."""
+        """Rebuild from a checkpoint's "config"; keys of other versions are ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{"batching": "sentences", **{k: v for k, v in d.items() if k in names}})
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # The embedded demo's settings (train.py with no --data): the best model 2 CPU cores can train in
@@ -256,9 +255,17 @@ def config_from_args(args: argparse.Namespace, preset: dict | None = None) -> Tr
     """
     given = given_options(args)
     values = {**(preset or {}), **given}
-    if "stage" not in given and values.get("arch", "bert") != "bert":
-        values["stage"] = "scratch"
+    values["stage"] = implied_stage(given.get("stage"), values.get("arch", "bert"))
     return dataclasses.replace(TrainConfig(), **values)
+
+
+def implied_stage(stage: str | None, arch: str) -> str:
+    """--stage as given, else "decoder" for BERT and "scratch" for the baselines.
+
+    >>> implied_stage(None, "transformer-small"), implied_stage(None, "bert"), implied_stage("finetune", "bert")
+    ('scratch', 'decoder', 'finetune')
+    """
+    return stage or ("decoder" if arch == "bert" else "scratch")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -587,25 +587,26 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     from nmt.prepare import prepare_demo
     finetune_lrs = parse_list(args.finetune_lrs, float, "--finetune-lrs")
     table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
-    if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr or 1]) or any(n < 0 for n in table4):
+    demo = args.data is None
+    user_values = parse_set(args.set)
+    values = {**(DEMO_PRESET if demo else {}), **user_values}          # every run's settings (more below)
+    train_lr = values.get("train_lr", TrainConfig.train_lr)
+    if args.direct_lr is None:
+        args.direct_lr = train_lr
+    if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr]) or any(n < 0 for n in table4):
         raise ExperimentError("learning rates must be positive and --table4-epochs >= 0")
     if args.beam < 1 or args.batch_size < 1 or args.bootstrap_samples < 1:
         raise ExperimentError("--beam, --batch-size and --bootstrap-samples must be >= 1")
     if len(set(map(lr_name, finetune_lrs))) != len(finetune_lrs) or len(set(table4)) != len(table4):
         raise ExperimentError("--finetune-lrs and --table4-epochs must not repeat a value")
-    demo = args.data is None
     args.baseline_arch = args.baseline_arch or ("transformer-small" if demo else "transformer-base")
     args.baseline_budget = args.baseline_budget or ("matched" if demo else "epochs")
-    user_values = parse_set(args.set)
-    train_lr = {**(DEMO_PRESET if demo else {}), **user_values}.get("train_lr", TrainConfig.train_lr)
-    args.direct_lr = args.direct_lr or train_lr
     systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch, train_lr)
     selected = select_systems(systems, args.systems)
     if demo and args.pair not in DEMO_PAIRS:
         raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
     name = demo_name(args.pair) if demo else Path(args.data).resolve().name
     out = Path(args.out) if args.out else experiment_dir(name)
-    values = {**(DEMO_PRESET if demo else {}), **user_values}
     stage_epochs = parse_max_epochs(args.max_epochs)
     if demo and None not in stage_epochs and "max_epochs" not in user_values:     # the demo's epochs per stage
         stage_epochs = {**{st: demo_preset(args.pair, st)["max_epochs"] for st in ("decoder", "finetune", "direct")},
