@@ -573,7 +573,7 @@ class Trainer:
             bleu = self.dev_bleu()
             self.cpu_seconds = self._cpu_now()
             self.log_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, "seconds": round(elapsed, 2),
-                              "cpu_seconds": round(self.cpu_seconds, 1), "train": train_stats, "dev": dev,
+                              "cpu_seconds": round(self.cpu_seconds, 3), "train": train_stats, "dev": dev,
                               **({"dev_bleu": round(bleu, 2), "dev_bleu_search": "greedy"} if bleu is not None else {}),
                               "best_dev_loss": self.best_dev_loss, "improved": improved})
             self.print(f"epoch {self.epoch}: train loss {train_stats['loss']:.3f} ppl {train_stats['ppl']:.2f} | "

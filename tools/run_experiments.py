@@ -314,6 +314,9 @@ class Experiment:
                                       f"CPU time yet; run the systems {', '.join(x.name for x in self.budget_systems())} "
                                       f"first (they run before the baseline when selected) or pass --baseline-budget epochs")
             total += float(epochs[-1]["cpu_seconds"])
+        if not total > 0:
+            raise ExperimentError(f"--baseline-budget matched: the systems {', '.join(x.name for x in self.budget_systems())} "
+                                  f"logged no CPU time (their metrics.jsonl say 0 s); pass --baseline-budget epochs")
         return total
 
     def result_path(self, system: System) -> Path:
