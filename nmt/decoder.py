@@ -139,37 +139,6 @@ def _fused_linear(dim: int, blocks: int) -> nn.Linear:
     return lin
 
 
-class TransposedLinear(nn.Module):
-    """An inference-only copy of an ``nn.Linear`` that keeps its weight transposed, [in, out] contiguous.
-
-    Incremental decoding multiplies a few rows (sentences x beam) by every decoder weight at every
-    step, and with the weights streamed from memory the GEMM is faster in this layout. Measured on
-    1 CPU thread, the 37 linear layers of a 6-layer H=384 decoder with a 16K vocabulary: 7.9 / 19.3 /
-    48.5 ms per step instead of 12.8 / 24.1 / 57.3 ms for 1 / 10 / 64 rows. Same values (one GEMM).
-
-    >>> lin = nn.Linear(4, 3)
-    >>> x = torch.randn(2, 5, 4)
-    >>> torch.allclose(TransposedLinear(lin)(x), lin(x), atol=1e-6)
-    True
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())        # [in, out]
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-
-    @property
-    def weight(self) -> Tensor:
-        """[out, in], a view: what ``nn.Linear.weight`` would be."""
-        return self.weight_t.t()
-
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, self.in_features)                                        # [M, in]
-        y = rows @ self.weight_t if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
-        return y.view(*x.shape[:-1], self.out_features)
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused q/k/v projection (with biases, as fairseq)."""
 
@@ -228,9 +197,11 @@ class SelfAttention(nn.Module):
         if cache["k"] is None:
             return
         for name in ("k", "v"):
-            old = cache[name]                                                     # [N,h,>=t,d]
+            old = cache[name]                                                     # [N,h,t,d], contiguous
             new = old.new_empty(new_order.numel(), old.size(1), t + 1, old.size(3))
-            torch.index_select(old[:, :, :t], 0, new_order, out=new[:, :, :t])
+            # gather into a contiguous block, then one strided copy: 2.5x faster on CPU than
+            # index_select(out=new[:, :, :t]), whose strided output takes a slow path (measured)
+            new[:, :, :t] = old[:, :, :t].index_select(0, new_order)
             cache[name] = new
 
 
@@ -339,15 +310,6 @@ class TransformerDecoder(nn.Module):
     @property
     def max_positions(self) -> int:
         return self.config.max_positions
-
-    def for_decoding(self) -> "TransformerDecoder":
-        """Inference only, in place: every ``nn.Linear`` becomes a :class:`TransposedLinear` (faster
-        incremental decoding; no training afterwards). Used by translate.py after loading."""
-        for module in list(self.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, TransposedLinear(child))
-        return self.eval()
 
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
         x = self.embed_scale * self.embed_tokens(tokens) + self.positions[positions]

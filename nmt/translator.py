@@ -20,6 +20,7 @@ import torch
 
 from nmt.beam_search import Hypothesis, beam_search, greedy_search
 from nmt.checkpoint import best_checkpoint_path, load_checkpoint, model_from_checkpoint
+from nmt.inference_linear import prepare_for_inference
 from nmt.model import Seq2Seq
 from nmt.text import SourcePipeline, TargetPipeline
 
@@ -42,7 +43,9 @@ class Translator:
     device: torch.device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", int8: bool = False) -> "Translator":
+        """Load for decoding: every Linear swapped for a faster inference kernel (oneDNN-packed fp32
+        on the CPU; ``int8``: int8 weights and activations, CPU only; nmt/inference_linear.py)."""
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)            # checks it has model_spec, model, source and target
         source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
@@ -53,8 +56,11 @@ class Translator:
                                  f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
                                  f"{spec.tgt_vocab_size})")
         device = torch.device(device)
-        model.decoder.for_decoding()             # transposed weights: faster incremental steps
-        return cls(model.to(device).eval(), source, target, device)
+        try:
+            model = prepare_for_inference(model.to(device), int8=int8)
+        except (ValueError, RuntimeError) as e:
+            raise TranslateError(f"{path}: {e}") from None
+        return cls(model, source, target, device)
 
     @property
     def max_source_len(self) -> int:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nmt.beam_search import ScriptedModel, beam_search, greedy_search
+from nmt.inference_linear import prepare_for_inference
 from nmt.model import ModelSpec, build_model
 from nmt.vocab import Vocab
 
@@ -77,11 +78,11 @@ def test_chunked_projection_gives_the_same_hypotheses():
 
 
 @pytest.mark.parametrize("search", ["beam", "greedy"])
-def test_decoder_prepared_for_decoding_gives_the_same_hypotheses(search):
-    # translate.py's model.decoder.for_decoding(): every Linear of the decoder stored transposed
+def test_model_prepared_for_inference_gives_the_same_hypotheses(search):
+    # translate.py's prepare_for_inference: every Linear (encoder and decoder) swapped for oneDNN's
     model, prepared = tiny_model(), tiny_model()
-    prepared.decoder.for_decoding()
-    assert not any(isinstance(m, torch.nn.Linear) for m in prepared.decoder.modules())
+    prepare_for_inference(prepared)
+    assert not any(isinstance(m, torch.nn.Linear) for m in prepared.modules())
     src, mask = sources()
     run = (lambda m: beam_search(m, src, mask, beam_size=4, nbest=4, max_len_b=8)) if search == "beam" \
         else (lambda m: greedy_search(m, src, mask, max_len_b=8))

@@ -8,10 +8,11 @@ target vocabulary. HF's model is ``BartForConditionalGeneration`` configured to 
 that same BART after conversion. Every system is forced to produce exactly ``--tgt-len`` tokens
 plus EOS for every hypothesis (min length = max length), so all do the same number of decoder
 steps. Reports sentences/s and generated tokens/s at beam 10 and beam 1, batch 1 and batch 64: the
-fastest of ``--repeats`` runs per system, the systems taking turns.
+fastest of ``--repeats`` runs per system, the systems taking turns. ``--compute-types int8`` adds
+int8 rows (CPU): ours with ``translate.py --int8``'s layers, CTranslate2 with ``compute_type="int8"``.
 
-    python tools/bench_translate.py                      # CPU, all threads
-    python tools/bench_translate.py --device cuda --sentences 256
+    python tools/bench_translate.py --threads 1 --repeats 3 --json bench.jsonl   # the README's table
+    python tools/bench_translate.py --device cuda --sentences 256 --compute-types float32
 
 transformers and ctranslate2 are benchmark-only dependencies (ctranslate2 is optional: skipped
 with a note when it is not installed).
@@ -19,6 +20,7 @@ with a note when it is not installed).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -28,18 +30,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nmt.allocator import keep_freed_memory  # noqa: E402
 from nmt.beam_search import beam_search, greedy_search  # noqa: E402
+from nmt.inference_linear import prepare_for_inference  # noqa: E402
 from nmt.model import ModelSpec, build_model  # noqa: E402
 
 H, HEADS, FFN, LAYERS, SRC_VOCAB, TGT_VOCAB = 384, 12, 1536, 6, 30522, 16000
 
 
-def ours(device):
+def ours(device, int8: bool = False):
     from nmt.bert import BertConfig
     cfg = BertConfig(vocab_size=SRC_VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                      intermediate_size=FFN, max_position_embeddings=512)
+    torch.manual_seed(0)
     model = build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
-    model.decoder.for_decoding()                      # as translate.py does
+    prepare_for_inference(model, int8=int8)           # as translate.py does (--int8)
 
     def run(src, mask, beam, tgt_len):
         if beam == 1:
@@ -66,7 +71,7 @@ def hf_bart(device):
     return run, model
 
 
-def ctranslate2_bart(hf_model, device):
+def ctranslate2_bart(hf_model, device, compute_types=("float32",)):
     try:
         import ctranslate2
         from ctranslate2.converters import TransformersConverter
@@ -85,16 +90,20 @@ def ctranslate2_bart(hf_model, device):
         TransformersConverter(str(src_dir)).convert(str(out), force=True)
     except Exception as e:   # noqa: BLE001 -- converter support varies by version
         return None, f"ctranslate2 could not convert the BART model ({type(e).__name__}: {e}): skipped"
-    translator = ctranslate2.Translator(str(out), device="cuda" if device.type == "cuda" else "cpu",
-                                        inter_threads=1, intra_threads=torch.get_num_threads())
+    runs = {}
+    for compute_type in compute_types:
+        translator = ctranslate2.Translator(str(out), device="cuda" if device.type == "cuda" else "cpu",
+                                            compute_type=compute_type, inter_threads=1,
+                                            intra_threads=torch.get_num_threads())
 
-    def run(src, mask, beam, tgt_len):
-        tokens = [[str(int(t)) for t, m in zip(row, mrow) if m]
-                  for row, mrow in zip(src.clamp(max=TGT_VOCAB - 1).tolist(), mask.tolist())]
-        return translator.translate_batch(tokens, beam_size=beam, max_batch_size=len(tokens),
-                                          min_decoding_length=tgt_len + 1, max_decoding_length=tgt_len + 1,
-                                          length_penalty=1.0, return_scores=False)
-    return run, None
+        def run(src, mask, beam, tgt_len, translator=translator):
+            tokens = [[str(int(t)) for t, m in zip(row, mrow) if m]
+                      for row, mrow in zip(src.clamp(max=TGT_VOCAB - 1).tolist(), mask.tolist())]
+            return translator.translate_batch(tokens, beam_size=beam, max_batch_size=len(tokens),
+                                              min_decoding_length=tgt_len + 1, max_decoding_length=tgt_len + 1,
+                                              length_penalty=1.0, return_scores=False)
+        runs[compute_type] = run
+    return runs, None
 
 
 def time_system(run, sources, batch, beam, tgt_len, device):
@@ -119,14 +128,27 @@ def main(argv=None) -> int:
     p.add_argument("--tgt-len", type=int, default=20, help="generated tokens per sentence (EOS not counted)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-ctranslate2", action="store_true")
+    p.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate (its model is still built "
+                                                        "when CTranslate2 runs: CTranslate2 converts it)")
+    p.add_argument("--compute-types", default="float32,int8",
+                   help="float32 and/or int8 (int8: translate.py --int8 and CTranslate2 compute_type int8; "
+                        "CPU only; HF runs float32 only)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs per system and setting, round-robin over the systems; the fastest counts "
                         "(a shared machine only ever adds time)")
     p.add_argument("--settings", default="10x1,10x64,1x1,1x64", help="beam x batch pairs to time")
+    p.add_argument("--json", help="also write the measurements here, one JSON object per line: system, "
+                                  "compute_type, beam, batch, sent_per_s")
     args = p.parse_args(argv)
+    keep_freed_memory()                           # as translate.py does
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    compute_types = [c.strip() for c in args.compute_types.split(",") if c.strip()]
+    if not compute_types or set(compute_types) - {"float32", "int8"}:
+        p.error(f"--compute-types: float32 and/or int8, got {args.compute_types!r}")
+    if "int8" in compute_types and device.type != "cpu":
+        p.error("int8 decoding is CPU only; pass --compute-types float32 on a GPU")
     g = torch.Generator().manual_seed(0)
     n = max(args.sentences, args.sentences_batch1)
     src = torch.randint(5, SRC_VOCAB, (n, args.src_len), generator=g)
@@ -134,31 +156,38 @@ def main(argv=None) -> int:
     mask = torch.ones_like(src, dtype=torch.bool)
     sources = (src.to(device), mask.to(device))
 
-    torch.manual_seed(0)
-    systems = {"nmt": ours(device)}
+    systems = {("nmt", ct): ours(device, int8=ct == "int8") for ct in compute_types}   # (system, compute type)
     hf_run, hf_model = hf_bart(device)
-    systems["hf-generate"] = hf_run
+    if not args.no_hf and "float32" in compute_types:
+        systems["hf", "float32"] = hf_run
     if not args.no_ctranslate2:
-        ct2_run, note = ctranslate2_bart(hf_model, device)
-        if ct2_run is None:
+        ct2_runs, note = ctranslate2_bart(hf_model, device, compute_types)
+        if ct2_runs is None:
             print(note)
         else:
-            systems["ctranslate2"] = ct2_run
+            systems.update({("ctranslate2", ct): run for ct, run in ct2_runs.items()})
     print(f"device {device}, threads {torch.get_num_threads()}, src {args.src_len} tokens, "
           f"output {args.tgt_len} tokens + EOS, H {H}, {LAYERS}+{LAYERS} layers, target vocab {TGT_VOCAB}")
-    print(f"{'beam':>4} {'batch':>5} {'system':>12} {'sent/s':>9} {'tok/s':>9} {'nmt speed-up':>13}")
+    print(f"{'beam':>4} {'batch':>5} {'system':>12} {'compute':>8} {'sent/s':>9} {'tok/s':>9} {'nmt speed-up':>13}")
+    rows = []
     for setting in args.settings.split(","):
         beam, batch = (int(v) for v in setting.split("x"))
         count = args.sentences_batch1 if batch == 1 else args.sentences
         sub = (sources[0][:count], sources[1][:count])
-        times = {name: float("inf") for name in systems}
+        times = {key: float("inf") for key in systems}
         for _ in range(args.repeats):
-            for name, run in systems.items():
-                times[name] = min(times[name], time_system(run, sub, batch, beam, args.tgt_len, device))
-        for name, t in times.items():
-            ratio = "" if name == "nmt" else f"{t / times['nmt']:.2f}x"
-            print(f"{beam:>4} {batch:>5} {name:>12} {count / t:>9.2f} {count * args.tgt_len / t:>9.1f} {ratio:>13}",
-                  flush=True)
+            for key, run in systems.items():
+                times[key] = min(times[key], time_system(run, sub, batch, beam, args.tgt_len, device))
+        for (name, ct), t in times.items():
+            ours_t = times.get(("nmt", ct))
+            ratio = "" if name == "nmt" or ours_t is None else f"{t / ours_t:.2f}x"
+            print(f"{beam:>4} {batch:>5} {name:>12} {ct:>8} {count / t:>9.2f} {count * args.tgt_len / t:>9.1f} "
+                  f"{ratio:>13}", flush=True)
+            rows.append({"system": name, "compute_type": ct, "beam": beam, "batch": batch,
+                         "sent_per_s": round(count / t, 3)})
+    if args.json:
+        Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        print(f"wrote {len(rows)} rows to {args.json}")
     return 0
 
 
