@@ -44,6 +44,7 @@ import math
 import torch
 from torch import Tensor
 
+from nmt.gemm import matmul_nt
 from nmt.vocab import Vocab
 
 
@@ -109,7 +110,7 @@ def _fused_pass(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, 
     with torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, N, rows):
             h, t = h_all[start:start + rows], target[start:start + rows]
-            z = (h @ w.t()).to(acc)                                            # [c,V] logits
+            z = matmul_nt(h, w).to(acc)                                        # [c,V] logits (oneDNN on CPU)
             z_target = z.gather(1, t[:, None]).squeeze(1)                      # [c]
             z_sum = z.sum(1)                                                   # [c]
             z_max = z.amax(1, keepdim=True)                                    # [c,1]
@@ -122,9 +123,9 @@ def _fused_pass(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, 
             if with_grad:
                 g = e.div_(e_sum[:, None]).sub_(eps_i)                         # softmax - eps_i
                 g[torch.arange(g.size(0), device=g.device), t] -= on_target    # [c,V] d loss / d z
-                if dtype == acc:                                               # in place: no temporaries
-                    torch.mm(g, w, out=grad_h[start:start + rows])
-                    grad_w.addmm_(g.t(), h)
+                if dtype == acc:                                               # oneDNN on CPU (nmt/gemm.py)
+                    grad_h[start:start + rows] = matmul_nt(g, w.t())
+                    grad_w += matmul_nt(g.t(), h.t())
                 else:                                                          # autocast: bf16/fp16 matmuls
                     grad_h[start:start + rows] = g.to(dtype) @ w
                     grad_w += g.t().to(dtype) @ h

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from nmt.bert import BertConfig  # noqa: E402
 from nmt.encoder_cache import EncoderCache  # noqa: E402
 from nmt.loss import label_smoothed_nll_loss  # noqa: E402
+from nmt.gemm import use_onednn  # noqa: E402
 from nmt.model import ModelSpec, build_model  # noqa: E402
 from nmt.vocab import Vocab  # noqa: E402
 
@@ -64,10 +65,11 @@ def make_batch(args, seed=0):
     return src, src_mask, prev, target
 
 
-def our_model(args):
+def our_model(args, onednn: bool = True):
     spec = ModelSpec.bert(BertConfig(**MINILM), tgt_vocab_size=args.tgt_vocab, src_pad_id=0,
                           num_layers=args.decoder_layers)
-    return build_model(spec)
+    model = build_model(spec)
+    return use_onednn(model) if onednn and args.device == "cpu" else model      # as the trainer does
 
 
 def hf_model(args):
@@ -81,7 +83,7 @@ def hf_model(args):
 def flops(args) -> dict:
     """Forward FLOPs of the encoder (E) and of decoder + loss (D) for the batch."""
     from torch.utils.flop_counter import FlopCounterMode
-    model = our_model(args).eval()
+    model = our_model(args, onednn=False).eval()         # FlopCounterMode counts aten ops only
     src, mask, prev, target = make_batch(args)
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
