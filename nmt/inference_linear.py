@@ -42,11 +42,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from nmt.gemm import onednn_available
 
-def onednn_available() -> bool:
+
+def packing_available() -> bool:
     """True when this PyTorch build can pre-pack fp32 weights for oneDNN on the CPU."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return onednn_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 def int8_engine() -> str | None:
@@ -88,7 +89,7 @@ class PackedLinear(nn.Module):
 
     >>> lin = nn.Linear(4, 3)
     >>> x = torch.randn(2, 5, 4)
-    >>> onednn_available() is False or torch.allclose(PackedLinear(lin)(x), lin(x), atol=1e-6)
+    >>> not packing_available() or torch.allclose(PackedLinear(lin)(x), lin(x), atol=1e-6)
     True
     """
 
@@ -149,7 +150,7 @@ def prepare_for_inference(model: nn.Module, int8: bool = False) -> nn.Module:
         raise ValueError(f"int8 decoding runs on the CPU only (the model is on {device})")
     if device.type != "cpu":
         return model.eval()
-    make = Int8Linear if int8 else (PackedLinear if onednn_available() else TransposedLinear)
+    make = Int8Linear if int8 else (PackedLinear if packing_available() else TransposedLinear)
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):

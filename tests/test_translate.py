@@ -171,3 +171,21 @@ def test_pair_picks_the_demo_run_directory(tmp_path, capsys, monkeypatch):
     make_checkpoint(tmp_path / "demo-en-vi" / "decoder" / "checkpoint_best.pt")
     code, out, err = run(capsys, "--pair", "en-vi", "--input", src, "--beam", 2)
     assert code == 0 and len(out.splitlines()) == 1, err
+
+
+def test_int8_translates_every_line_with_int8_layers_and_close_scores(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SOURCE) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 4, "--int8", "--device", "cpu")
+    assert code == 0, err
+    lines = out.split("\n")[:-1]
+    assert len(lines) == len(SOURCE) and lines[1] == "" and lines[4] == ""
+    fp32, int8 = translate.Translator.from_checkpoint(ckpt), translate.Translator.from_checkpoint(ckpt, int8=True)
+    assert {type(m).__name__ for m in int8.model.modules()} >= {"Int8Linear"}
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
+    # the same hypothesis scored by both models: int8 stays within quantization error of fp32
+    ids = torch.tensor([fp32.source.encode(SOURCE[0])])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    a = beam_search(fp32.model, ids, mask, beam_size=4)[0][0]
+    b = beam_search(int8.model, ids, mask, beam_size=4)[0][0]
+    assert a.score == pytest.approx(b.score, rel=0.1, abs=0.05)

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     sources = (src.to(device), mask.to(device))
 
     systems = {("nmt", ct): ours(device, int8=ct == "int8") for ct in compute_types}   # (system, compute type)
-    hf_run, hf_model = hf_bart(device)
+    hf_run, hf_model = hf_bart(device) if not (args.no_hf and args.no_ctranslate2) else (None, None)
     if not args.no_hf and "float32" in compute_types:
         systems["hf", "float32"] = hf_run
     if not args.no_ctranslate2:

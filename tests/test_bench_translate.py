@@ -1,0 +1,20 @@
+"""tools/bench_translate.py --json: one row per system, compute type and setting (nmt alone, tiny run)."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import bench_translate  # noqa: E402
+
+
+def test_json_rows_for_fp32_and_int8(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    assert bench_translate.main(["--threads", "1", "--no-hf", "--no-ctranslate2", "--repeats", "1",
+                                 "--settings", "2x1,1x2", "--sentences", "2", "--sentences-batch1", "1",
+                                 "--src-len", "4", "--tgt-len", "2", "--json", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["system"], r["compute_type"], r["beam"], r["batch"]) for r in rows] == [
+        ("nmt", "float32", 2, 1), ("nmt", "int8", 2, 1), ("nmt", "float32", 1, 2), ("nmt", "int8", 1, 2)]
+    assert all(set(r) == {"system", "compute_type", "beam", "batch", "sent_per_s"} and r["sent_per_s"] > 0
+               for r in rows)
+    assert "wrote 4 rows" in capsys.readouterr().out
