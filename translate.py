@@ -61,8 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sacrebleu tokenizer for --reference; 'none' for pre-tokenized references")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--int8", action="store_true",
-                   help="CPU only: int8 weights (per output channel) and int8 activations in every linear "
-                        "layer (fbgemm dynamic quantization; nmt/inference_linear.py): faster, 4x smaller weights")
+                   help="CPU only: int8 weights (per output channel) and int8 activations in the decoder's "
+                        "linear layers (fbgemm dynamic quantization; nmt/inference_linear.py): faster decoding")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

@@ -44,7 +44,9 @@ def ours(device, int8: bool = False):
                      intermediate_size=FFN, max_position_embeddings=512)
     torch.manual_seed(0)
     model = build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
-    prepare_for_inference(model, int8=int8)           # as translate.py does (--int8)
+    if int8:
+        prepare_for_inference(model.decoder, int8=True)  # translate.py --int8: the decoder in int8
+    prepare_for_inference(model)                      # as translate.py does
 
     def run(src, mask, beam, tgt_len):
         if beam == 1:
