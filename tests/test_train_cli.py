@@ -50,6 +50,7 @@ def test_demo_default_trains_offline_and_translates(tmp_path, capsys, monkeypatc
     assert train_cli.main(["--stage", "finetune", "--init", str(init), *map(str, common)]) == 0
     assert f"fine-tuning from {init}" in capsys.readouterr().out
     stage2 = load_checkpoint(run / "finetune" / "checkpoint_last.pt")
+    assert stage2["config"]["finetune_lr"] == 4e-4 and stage1["config"]["train_lr"] == 1e-3   # the demo preset
     changed = [k for k in stage1["model"] if k.startswith("encoder.")
                and not torch.equal(stage1["model"][k], stage2["model"][k])]
     assert changed                                                          # BERT itself was fine-tuned
