@@ -17,13 +17,14 @@ and that was most of its lead over this code. :func:`prepare_for_inference` swap
 - :class:`Int8Linear` (``int8=True``, CPU): weights quantized to int8 per output channel
   (symmetric, scale = max |w| / 127 of the row); activations quantized per call (dynamic
   quantization) and multiplied in int8 by fbgemm (``torch.ops.quantized.linear_dynamic``);
-  about 4x less weight memory. translate.py --int8 quantizes the decoder only: per-tensor int8
-  activations of BERT's layers (which carry outlier features) cost 0.3-0.4 BLEU on the demo dev
-  sets, the decoder's 0.0-0.1, and the encoder runs once per sentence anyway. Weight-only int8 (``torch._weight_int8pack_mm``, fp32 activations)
-  exists too, but on the CPU we measured it was 8-60x SLOWER than fp32, so it is not used;
+  about 4x less weight memory. translate.py --int8 quantizes the decoder only: with BERT's layers
+  in int8 too (per-tensor activations; BERT has outlier features) the demo dev sets lost 0.17-0.37
+  BLEU, with the decoder alone 0.05 or nothing, and the encoder runs once per sentence anyway.
+  Weight-only int8 (``torch._weight_int8pack_mm``, fp32 activations) exists too, but on the CPU
+  we measured it was 8-60x SLOWER than fp32, so it is not used;
 - on GPUs ``nn.Linear`` stays (cuBLAS is already the fast path).
 
-Inference only: the swapped layers have no gradients and are not part of ``state_dict()``.
+Inference only: the swapped layers have no gradients and are not meant to be saved.
 
 >>> import torch, torch.nn as nn
 >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
@@ -53,9 +54,10 @@ def packing_available() -> bool:
 
 
 def int8_engine() -> str | None:
-    """The quantized engine for :class:`Int8Linear` (fbgemm/x86 on x86, qnnpack on ARM), or None."""
-    engines = [e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines]
-    return engines[0] if engines else None
+    """PyTorch's quantized engine if :class:`Int8Linear` can use it (x86/fbgemm on x86, qnnpack on
+    ARM: the defaults), else None."""
+    engine = torch.backends.quantized.engine
+    return engine if engine in ("x86", "fbgemm", "qnnpack") else None
 
 
 class TransposedLinear(nn.Module):
@@ -136,9 +138,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         engine = int8_engine()
         if engine is None:
-            raise RuntimeError("int8 decoding needs PyTorch's quantized CPU kernels (fbgemm or qnnpack), "
-                               "which this build lacks; decode without --int8")
-        torch.backends.quantized.engine = engine
+            raise RuntimeError(f"int8 decoding needs PyTorch's quantized CPU kernels (fbgemm or qnnpack); the "
+                               f"quantized engine is {torch.backends.quantized.engine!r}; decode without --int8")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_per_channel(linear.weight.float())
         with warnings.catch_warnings():        # quantized-tensor constructors warn of a future removal
@@ -159,7 +160,8 @@ class Int8Linear(nn.Module):
 def prepare_for_inference(model: nn.Module, int8: bool = False) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` (in place) for the fastest inference kernel on the
     device its weights are on; returns ``model`` in eval mode. No training afterwards."""
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     if int8 and device.type != "cpu":
         raise ValueError(f"int8 decoding runs on the CPU only (the model is on {device})")
     if device.type != "cpu":
