@@ -10,7 +10,8 @@ summation order: results agree to ~1e-6 relative.
 - :func:`matmul_nt` is ``a @ b.T`` (+ bias) on that path, used by the fused loss (nmt/loss.py);
 - :class:`OneDNNLinear` is an ``nn.Linear`` (same parameters, same ``state_dict``) whose forward
   and backward products go through :func:`matmul_nt`; :func:`use_onednn` swaps a model's layers
-  for it. The trainer does that on the CPU; on GPUs and other dtypes everything stays as it was.
+  for it. The trainer does that on the CPU in a single process; on GPUs, other dtypes and under
+  torch.distributed everything stays as it was.
 
 >>> a, b = torch.randn(5, 4), torch.randn(3, 4)
 >>> torch.allclose(matmul_nt(a, b), a @ b.T, atol=1e-5)
