@@ -10,8 +10,8 @@ summation order: results agree to ~1e-6 relative.
 - :func:`matmul_nt` is ``a @ b.T`` (+ bias) on that path, used by the fused loss (nmt/loss.py);
 - :class:`OneDNNLinear` is an ``nn.Linear`` (same parameters, same ``state_dict``) whose forward
   and backward products go through :func:`matmul_nt`; :func:`use_onednn` swaps a model's layers
-  for it. The trainer does that on the CPU in a single process; on GPUs, other dtypes and under
-  torch.distributed everything stays as it was.
+  for it. The trainer does that; on GPUs, other dtypes and under torch.distributed (where
+  ``_use_onednn`` says no) the layers compute exactly what ``nn.Linear`` does.
 
 >>> a, b = torch.randn(5, 4), torch.randn(3, 4)
 >>> torch.allclose(matmul_nt(a, b), a @ b.T, atol=1e-5)
@@ -19,12 +19,15 @@ True
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 
+@functools.cache
 def onednn_available() -> bool:
     """True when this PyTorch build has oneDNN's fp32 linear kernel on the CPU."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

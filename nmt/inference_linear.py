@@ -173,3 +173,12 @@ def prepare_for_inference(model: nn.Module, int8: bool = False) -> nn.Module:
                 setattr(module, name, make(child))
     return model.eval()
 
+
+def prepare_for_translation(model: nn.Module, int8: bool = False) -> nn.Module:
+    """A Seq2Seq (encoder + decoder) for translate.py: with ``int8`` the decoder's layers in int8
+    (its steps are the decoding time; int8 BERT activations cost BLEU, measured), every other
+    Linear fp32 as :func:`prepare_for_inference` gives it."""
+    if int8:
+        prepare_for_inference(model.decoder, int8=True)
+    return prepare_for_inference(model)                  # every Linear still left
+

@@ -20,7 +20,7 @@ import torch
 
 from nmt.beam_search import Hypothesis, beam_search, greedy_search
 from nmt.checkpoint import best_checkpoint_path, load_checkpoint, model_from_checkpoint
-from nmt.inference_linear import prepare_for_inference
+from nmt.inference_linear import prepare_for_translation
 from nmt.model import Seq2Seq
 from nmt.text import SourcePipeline, TargetPipeline
 
@@ -57,10 +57,7 @@ class Translator:
                                  f"{spec.tgt_vocab_size})")
         device = torch.device(device)
         try:
-            model = model.to(device)
-            if int8:   # the decoder only: its steps are the time; int8 BERT activations cost BLEU (measured)
-                prepare_for_inference(model.decoder, int8=True)
-            prepare_for_inference(model)         # every Linear still left
+            model = prepare_for_translation(model.to(device), int8=int8)
         except (ValueError, RuntimeError) as e:
             raise TranslateError(f"{path}: {e}") from None
         return cls(model, source, target, device)

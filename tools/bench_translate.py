@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmt.allocator import keep_freed_memory  # noqa: E402
 from nmt.beam_search import beam_search, greedy_search  # noqa: E402
-from nmt.inference_linear import prepare_for_inference  # noqa: E402
+from nmt.inference_linear import prepare_for_translation  # noqa: E402
 from nmt.model import ModelSpec, build_model  # noqa: E402
 
 H, HEADS, FFN, LAYERS, SRC_VOCAB, TGT_VOCAB = 384, 12, 1536, 6, 30522, 16000
@@ -44,9 +44,7 @@ def ours(device, int8: bool = False):
                      intermediate_size=FFN, max_position_embeddings=512)
     torch.manual_seed(0)
     model = build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
-    if int8:
-        prepare_for_inference(model.decoder, int8=True)  # translate.py --int8: the decoder in int8
-    prepare_for_inference(model)                      # as translate.py does
+    prepare_for_translation(model, int8=int8)         # as translate.py [--int8] does
 
     def run(src, mask, beam, tgt_len):
         if beam == 1:
