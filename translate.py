@@ -6,8 +6,9 @@
     python translate.py --checkpoint checkpoints/demo-en-de/finetune/checkpoint_best.pt < test.en
     python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
 
-The checkpoint carries everything: the network spec and weights, and the source and target text
-pipelines (vocabularies, BPE merges). The work is done by ``nmt.translator.Translator``: lines are
+The checkpoint carries everything: the network spec and weights, the source and target text
+pipelines (vocabularies, BPE merges) and, when training chose one on the dev set (``--lenpen-grid``,
+on in the demo preset), the default length penalty. The work is done by ``nmt.translator.Translator``: lines are
 encoded, sorted by length, translated in batches (beam search, nmt/beam_search.py), decoded (BPE
 removed, detokenized) and written back in input order. Empty input lines give empty output lines. Lines longer than the encoder's positions are
 truncated (with a warning naming the line). With ``--nbest N > 1`` the output is Moses n-best
@@ -49,7 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here (default: stdout)")
     p.add_argument("--beam", type=int, default=10, help="beam size; 1 = greedy (default: 10, the paper's)")
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty alpha: score = log p / len**alpha")
+    p.add_argument("--lenpen", type=float,
+                   help="length penalty alpha: score = log p / len**alpha (default: the checkpoint's, chosen on its "
+                        "dev set after training with --lenpen-grid; else 1.0, the paper's)")
     p.add_argument("--nbest", type=int, default=1, help="hypotheses per line; > 1 writes Moses n-best format")
     p.add_argument("--batch-size", type=int, default=64, help="most sentences per batch")
     p.add_argument("--max-tokens", type=int, default=4000,
@@ -83,6 +86,9 @@ def main(argv=None) -> int:
             raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
                                  f"(python train.py --pair {args.pair}) or pass --checkpoint")
         translator = Translator.from_checkpoint(args.checkpoint, args.device, int8=args.int8)
+        if args.lenpen is None and not args.quiet and args.beam > 1:
+            print(f"length penalty {translator.lenpen:g} (the checkpoint's default; --lenpen to change)",
+                  file=sys.stderr)
         lines, name = read_input(args.input)
         references = None
         if args.reference:

@@ -18,6 +18,8 @@ it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
     rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
     world_size      processes of the data-parallel run that wrote it (absent: 1); resuming with
                     another number continues at the same fraction of the epoch (nmt/trainer.py)
+    decoding        optional, in checkpoint_best.pt: {"lenpen", ...}, the length penalty chosen on
+                    the dev set after training (nmt/length_penalty.py); absent: translate with 1.0
 
 A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, ``direct/``,
 ``scratch/``), each with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
@@ -85,6 +87,13 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_T
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing} (a partial or foreign checkpoint)")
     return state
+
+
+def update_checkpoint(path: str | Path, **entries) -> None:
+    """Set top-level keys of a saved checkpoint (e.g. ``decoding=...``), rewriting it atomically."""
+    state = load_checkpoint(path, required=())
+    state.update(entries)
+    save_checkpoint(path, state)
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",

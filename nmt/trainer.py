@@ -19,7 +19,9 @@ Stages (see docs/design.md and the paper):
 Per epoch: the shuffled length-bucketed batches of this process's shard, one tqdm bar, a dev
 evaluation (loss and perplexity from the NLL, in nats), ``checkpoint_last.pt`` and, when the dev
 loss improved, ``checkpoint_best.pt`` (and ``checkpoint_epochN.pt`` for the epochs listed in
-``--epoch-checkpoints``); training stops after ``patience`` epochs without improvement.
+``--epoch-checkpoints``); training stops after ``patience`` epochs without improvement. Then, with
+``--lenpen-grid``, the best checkpoint translates the dev set once per length penalty and keeps the
+best by BLEU as translate.py's default (nmt/length_penalty.py).
 Everything that writes files or prints goes through ``master_process``.
 
 Data-parallel training (torchrun; nmt/distributed.py) is on only when a ``DistContext`` is given:
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 
 from nmt.checkpoint import (FORMAT, REQUIRED_FOR_RESUME, check_vocabularies, load_checkpoint, model_from_checkpoint,
-                            rng_state, save_checkpoint, set_rng_state, stage_dir)
+                            rng_state, save_checkpoint, set_rng_state, stage_dir, update_checkpoint)
 from nmt.config import TrainConfig, default_run_dir, demo_bpe_merges, demo_data_dir
 from nmt.data import ParallelData, collate, read_meta, token_budget
 from nmt.distributed import DistContext, rank_seed, shard_batches, shard_pairs
@@ -54,11 +56,15 @@ from nmt.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.evaluate import Totals, corpus_bleu, dev_batches, sum_losses
 from nmt.files import atomic_copy
 from nmt.gemm import use_onednn
+from nmt.length_penalty import LengthPenaltyChoice, choose_length_penalty, parse_grid
 from nmt.model import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
 from nmt.prepare import prepare_demo
 from nmt.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
 from nmt.text import SourcePipeline, TargetPipeline, split_text
 from nmt.translator import Translator
+
+
+LENPEN_BEAM = 10              # the beam the length penalty is chosen for (translate.py's default, the paper's)
 
 
 class TrainingError(ValueError):
@@ -229,8 +235,10 @@ class Trainer:
         self._stop_requested = False            # Ctrl-C seen by this process
         self._stop_agreed = False               # distributed: some rank saw Ctrl-C by the last update
         self.ddp: torch.nn.Module | None = None   # DistributedDataParallel(self.model) when distributed
-        # dev BLEU after each epoch needs the dev set's original text (read once, checked up front)
-        self.dev_text = split_text(valid.directory, "valid")[:2] if cfg.dev_bleu and self.master_process else None
+        # dev BLEU after each epoch and the length-penalty choice need the dev set's original text
+        # (read once, checked up front)
+        wants_text = (cfg.dev_bleu or bool(cfg.lenpen_grid)) and self.master_process
+        self.dev_text = split_text(valid.directory, "valid")[:2] if wants_text else None
         self.set_stage(cfg.stage)
         amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp and self.device.type == "cuda" \
@@ -444,12 +452,34 @@ class Trainer:
         """BLEU (sacrebleu 13a) of greedy translations of the whole dev set, as translate.py --beam 1
         would write them; None without --dev-bleu or on ranks other than 0. Greedy keeps it cheap
         (one decoder pass per token); the final beam-10 BLEU is usually a little higher."""
-        if self.dev_text is None:
+        if self.dev_text is None or not self.cfg.dev_bleu:
             return None
         self.model.eval()
         source_lines, references = self.dev_text
         results = Translator(self.model, self.source, self.target, self.device).translate(source_lines, beam=1)
         return corpus_bleu([r[0][0] for r in results], references)[0].score
+
+    @torch.no_grad()
+    def choose_length_penalty(self) -> LengthPenaltyChoice | None:
+        """--lenpen-grid: translate the dev set with the best checkpoint (beam 10) once per length
+        penalty and store the best by BLEU in checkpoint_best.pt, as translate.py's default (rank 0;
+        nmt/length_penalty.py). None when off or on other ranks."""
+        best = self.out_dir / "checkpoint_best.pt"
+        if not self.cfg.lenpen_grid or self.dev_text is None or not best.is_file():
+            return None
+        t0 = time.time()
+        translator = Translator.from_checkpoint(best, self.device)
+        source_lines, references = self.dev_text
+
+        def translate(lines, lenpen):
+            return [r[0][0] for r in translator.translate(lines, beam=LENPEN_BEAM, lenpen=lenpen)]
+
+        choice = choose_length_penalty(translate, source_lines, references, parse_grid(self.cfg.lenpen_grid),
+                                       beam=LENPEN_BEAM)
+        update_checkpoint(best, decoding=choice.to_dict())
+        self.log_metrics({"event": "lenpen", **choice.to_dict(), "seconds": round(time.time() - t0, 2)})
+        self.print(f"{choice.summary()}; stored in {best} ({time.time() - t0:.0f} s)")
+        return choice
 
     def reduce_totals(self, totals: Totals) -> Totals:
         """Sums over all ranks (the same on every rank); the totals themselves in one process."""
@@ -512,6 +542,8 @@ class Trainer:
         try:
             with self._sigint_saves():
                 why = self._loop()
+            if why in ("converged", "max_epochs", "cpu_budget"):
+                self.choose_length_penalty()
             if self.dist is not None:
                 self.dist.barrier()     # no rank leaves before rank 0's last checkpoint is written
             return why

@@ -21,6 +21,7 @@ import torch
 from nmt.beam_search import Hypothesis, beam_search, greedy_search
 from nmt.checkpoint import best_checkpoint_path, load_checkpoint, model_from_checkpoint
 from nmt.inference_linear import prepare_for_translation
+from nmt.length_penalty import DEFAULT_LENPEN
 from nmt.model import Seq2Seq
 from nmt.text import SourcePipeline, TargetPipeline
 
@@ -41,11 +42,13 @@ class Translator:
     source: SourcePipeline
     target: TargetPipeline
     device: torch.device
+    lenpen: float = DEFAULT_LENPEN      # the model's default length penalty (chosen on its dev set, if stored)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", int8: bool = False) -> "Translator":
         """Load for decoding: every Linear swapped for a faster inference kernel (oneDNN-packed fp32
-        on the CPU; ``int8``: the decoder's in int8, CPU only; nmt/inference_linear.py)."""
+        on the CPU; ``int8``: the decoder's in int8, CPU only; nmt/inference_linear.py). The default
+        length penalty is the checkpoint's dev-set choice (nmt/length_penalty.py), else 1.0."""
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)            # checks it has model_spec, model, source and target
         source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
@@ -60,7 +63,10 @@ class Translator:
             model = prepare_for_translation(model.to(device), int8=int8)
         except (ValueError, RuntimeError) as e:
             raise TranslateError(f"{path}: {e}") from None
-        return cls(model, source, target, device)
+        lenpen = ckpt.get("decoding", {}).get("lenpen", DEFAULT_LENPEN)
+        if not isinstance(lenpen, (int, float)) or isinstance(lenpen, bool):
+            raise TranslateError(f"{path}: decoding.lenpen is {lenpen!r}, not a number (a damaged checkpoint?)")
+        return cls(model, source, target, device, float(lenpen))
 
     @property
     def max_source_len(self) -> int:
@@ -82,11 +88,13 @@ class Translator:
             out.append(ids)
         return out
 
-    def translate(self, lines: Sequence[str], *, beam: int = 10, lenpen: float = 1.0, nbest: int = 1,
+    def translate(self, lines: Sequence[str], *, beam: int = 10, lenpen: float | None = None, nbest: int = 1,
                   batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
                   max_len_b: int = 10, name: str = "<input>", warn: Callable[[str], None] = lambda m: None,
                   progress=None) -> list[list[tuple[str, float]]]:
-        """Per line, ``nbest`` (text, score) pairs, best first; [("", 0.0)] for an empty line."""
+        """Per line, ``nbest`` (text, score) pairs, best first; [("", 0.0)] for an empty line.
+        ``lenpen``: None for the model's default (:attr:`lenpen`)."""
+        lenpen = self.lenpen if lenpen is None else lenpen
         encoded = self.encode_lines(lines, name, warn)
         results: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
         order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))

@@ -314,3 +314,32 @@ def test_real_minilm_stage1_with_cache(work, tmp_path):
     # 40 training pairs: dev loss 5.97 -> 5.06 nats, then early stopping (measured); an untrained
     # decoder stays near the start
     assert trainer.best_dev_loss < start - 0.5
+
+
+def test_lenpen_grid_stores_the_dev_bleu_best_length_penalty_in_the_best_checkpoint(work, tmp_path):
+    from nmt.evaluate import corpus_bleu
+    from nmt.text import split_text
+    from nmt.translator import Translator
+    grid = [0.5, 1.0, 2.0]
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=2, lenpen_grid="0.5,1.0,2.0"),
+                    print_fn=quiet)
+    assert trainer.fit() == "max_epochs"
+    best = tmp_path / "decoder" / "checkpoint_best.pt"
+    decoding = load_checkpoint(best, required=("decoding", "optimizer", "rng"))["decoding"]   # still resumable
+    assert decoding["grid"] == grid and decoding["beam"] == 10 and decoding["chosen_on"] == "dev BLEU"
+    # the oracle: the best checkpoint's dev BLEU at each value, decoded here independently
+    sources, references, _ = split_text(work["data"], "valid")
+    translator = Translator.from_checkpoint(best)
+    bleu = [corpus_bleu([r[0][0] for r in translator.translate(sources, beam=10, lenpen=g)], references)[0].score
+            for g in grid]
+    assert decoding["dev_bleu"] == [round(b, 2) for b in bleu]
+    assert decoding["lenpen"] == grid[max(range(3), key=lambda i: (bleu[i], -i))] == translator.lenpen
+    events = [json.loads(line) for line in (tmp_path / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "lenpen" and events[-1]["lenpen"] == decoding["lenpen"]
+
+
+def test_bad_lenpen_grid_is_a_config_error(work, tmp_path, capsys):
+    for grid in ("1.0,x", "1.0,1.0", "-1"):
+        code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--run-dir", str(tmp_path),
+                             "--lenpen-grid", grid], capsys)
+        assert code == 2 and "--lenpen-grid" in err, err

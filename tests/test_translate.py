@@ -190,3 +190,23 @@ def test_int8_translates_every_line_with_int8_layers_and_close_scores(tmp_path, 
     a = beam_search(fp32.model, ids, mask, beam_size=4)[0][0]
     b = beam_search(int8.model, ids, mask, beam_size=4)[0][0]
     assert a.score == pytest.approx(b.score, rel=0.1, abs=0.05)
+
+
+def test_default_length_penalty_is_the_checkpoints_choice(tmp_path, ckpt, capsys):
+    # a checkpoint with a dev-chosen length penalty (train.py --lenpen-grid) decodes with it unless --lenpen
+    # is given; n-best scores are sum(log p) / len**lenpen, so they show which value was used
+    from nmt.checkpoint import update_checkpoint
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SOURCE) + "\n", encoding="utf-8")
+    nbest = ["--checkpoint", ckpt, "--input", src, "--beam", 4, "--nbest", 3]
+    plain_default, plain_1, plain_2 = (run(capsys, *nbest, *extra)[1] for extra in ([], ["--lenpen", 1.0],
+                                                                                     ["--lenpen", 2.0]))
+    assert plain_default == plain_1 != plain_2                     # no stored choice: 1.0
+    update_checkpoint(ckpt, decoding={"lenpen": 2.0, "chosen_on": "dev BLEU"})
+    code, chosen_default, err = run(capsys, *nbest)
+    assert code == 0, err
+    assert chosen_default == plain_2 and run(capsys, *nbest, "--lenpen", 1.0)[1] == plain_1
+    assert translate.Translator.from_checkpoint(ckpt).lenpen == 2.0
+    update_checkpoint(ckpt, decoding={"lenpen": "long"})
+    code, _, err = run(capsys, *nbest)
+    assert code == 2 and "decoding.lenpen is 'long'" in err
