@@ -219,6 +219,8 @@ LOW_RESOURCE_BASELINE: dict = {
     "lr": 1e-3,                # a small post-norm model tolerates (and needs, for short runs) a larger LR
     "warmup_epochs": 1.0,
     "max_epochs": 100,         # many cheap epochs; bounded by early stopping or --max-cpu-minutes
+    "patience": 10,            # a from-scratch model's dev loss plateaus for a few epochs before it reads the
+                               # source; the demo's patience 2 stopped one such run at epoch 7 of a 30-epoch budget
 }
 LOW_RESOURCE_BPE_MERGES = 4000  # the baseline's source and target BPE merges on the demo corpus
 

@@ -133,6 +133,22 @@ def xavier_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def fairseq_embedding_init_(embeddings: list[nn.Module]) -> None:
+    """fairseq's transformer init for token embeddings and an untied output projection:
+    normal(0, H^-0.5), padding row zero, so ``sqrt(H) * embed`` starts at unit scale.
+
+    Xavier-uniform on a [V, H] table gives std sqrt(2 / (V + H)): 0.022 for V 4,000, H 256, a third of
+    H^-0.5 = 0.0625, so the scaled tokens start at a third of the sinusoidal positions' size. The
+    from-scratch baselines use this (nmt/model.py); the BERT system's new decoder keeps the paper's
+    Xavier init.
+    """
+    for m in embeddings:
+        nn.init.normal_(m.weight, mean=0.0, std=m.weight.size(1) ** -0.5)
+        if getattr(m, "padding_idx", None) is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+
+
 def _fused_linear(dim: int, blocks: int) -> nn.Linear:
     lin = nn.Linear(dim, blocks * dim)
     lin.fused_blocks = blocks          # read by xavier_init_

@@ -132,3 +132,22 @@ def test_bert_arch_builds_a_decoder_as_wide_as_bert():
     model.train()
     out = model(src, src.ne(0), torch.tensor([[1, 5], [1, 6]]))
     assert out.shape == (2, 2, 20) and not model.encoder.training
+
+
+def test_baselines_init_embeddings_like_fairseq_and_the_bert_decoder_keeps_xavier():
+    # fairseq: token embeddings and an untied output projection ~ normal(0, H^-0.5), padding row zero;
+    # the paper's new decoder on BERT: Xavier-uniform, std sqrt(2 / (V + H))
+    torch.manual_seed(0)
+    V = 4000
+    base = build_model(ModelSpec.transformer("transformer-small", src_vocab_size=V, tgt_vocab_size=V, src_pad_id=0))
+    for weight in (base.encoder.embed_tokens.weight, base.decoder.embed_tokens.weight,
+                   base.decoder.output_projection.weight):
+        H = weight.size(1)
+        assert weight[1:].std().item() == pytest.approx(H ** -0.5, rel=0.02)
+    assert not base.encoder.embed_tokens.weight[0].any() and not base.decoder.embed_tokens.weight[Vocab.PAD].any()
+    bert = pytest.importorskip("nmt.bert")
+    cfg = bert.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=16)
+    paper = build_model(ModelSpec.bert(cfg, tgt_vocab_size=V, src_pad_id=0))
+    weight = paper.decoder.embed_tokens.weight
+    assert weight[1:].std().item() == pytest.approx((2 / (V + 64)) ** 0.5, rel=0.02)
