@@ -43,7 +43,7 @@ class TrainConfig:
     # ---- what to train
     stage: str = flag("decoder", "decoder (stage 1: frozen BERT) | finetune (stage 2) | direct (BERT + new decoder "
                                  "end to end) | scratch (Transformer baselines)")
-    arch: str = flag("bert", "bert | transformer-base | transformer-bert-size | transformer-small (the baselines "
+    arch: str = flag("bert", "bert | transformer-base | transformer-bert-size | transformer-minilm-size | transformer-small (the baselines "
                              "train with --stage scratch)")
     data: str | None = flag(None, "prepared data directory (tools/prepare_data.py); none: the embedded demo corpus")
     pair: str = flag("en-de", "demo direction when --data is not given: en-de or en-vi")
@@ -225,9 +225,14 @@ LOW_RESOURCE_BASELINE: dict = {
 LOW_RESOURCE_BPE_MERGES = 4000  # the baseline's source and target BPE merges on the demo corpus
 
 
+# The demo's control, the demo BERT's shape trained from scratch (--arch transformer-minilm-size): the
+# same low-resource recipe, at fairseq's IWSLT Transformer LR for a 6+6-layer post-norm model.
+LOW_RESOURCE_CONTROL: dict = {**LOW_RESOURCE_BASELINE, "lr": 5e-4}
+
+
 def arch_preset(arch: str) -> dict:
     """Training settings that belong to a baseline architecture (empty for the others)."""
-    return dict(LOW_RESOURCE_BASELINE) if arch == "transformer-small" else {}
+    return dict({"transformer-small": LOW_RESOURCE_BASELINE, "transformer-minilm-size": LOW_RESOURCE_CONTROL}.get(arch, {}))
 
 
 def demo_bpe_merges(arch: str = "bert") -> int:

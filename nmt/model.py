@@ -45,7 +45,7 @@ class ModelSpecError(ValueError):
 
 @dataclass
 class ModelSpec:
-    arch: str                        # "bert" | "transformer-base" | "transformer-bert-size" | "transformer-small"
+    arch: str                        # "bert" or one of BASELINE_SHAPES (transformer-base, -bert-size, ...)
     src_vocab_size: int              # WordPiece vocab (bert) or source BPE Vocab (baselines)
     tgt_vocab_size: int              # target BPE Vocab size (ids: nmt.vocab.Vocab)
     src_pad_id: int                  # source padding id (tokenizer.pad_id / Vocab.PAD)

@@ -6,6 +6,8 @@ source positions are masked out of attention and zeroed in the output. Two sizes
 
 - ``transformer-base``: 6 layers, H 512, 8 heads, FFN 2048 (decoder of the same size);
 - ``transformer-bert-size``: 12 layers, H 768, 12 heads, FFN 3072 (BERT-base's shape; 6 decoder layers);
+- ``transformer-minilm-size``: 6 layers, H 384, 12 heads, FFN 1536 (the demo BERT's shape, all-MiniLM-L6-v2;
+  6 decoder layers): the demo's "same network without pre-training";
 - ``transformer-small``: 3 + 3 layers, H 256, 4 heads, FFN 1024: the low-resource baseline for corpora of
   10-50K pairs (narrow and shallow, as Sennrich & Zhang 2019 and Araabi & Monz 2020 recommend; the
   recipe around it, more dropout and more epochs, is ``nmt.config.LOW_RESOURCE_BASELINE``).
@@ -58,6 +60,7 @@ class TransformerEncoderConfig:
 BASELINE_SHAPES = {
     "transformer-base": (6, 6, 512, 8, 2048),
     "transformer-bert-size": (12, 6, 768, 12, 3072),
+    "transformer-minilm-size": (6, 6, 384, 12, 1536),
     "transformer-small": (3, 3, 256, 4, 1024),
 }
 

@@ -228,5 +228,28 @@ def test_matched_baseline_trains_last_with_the_cpu_time_of_stage_1_and_2(stanfor
     assert baseline["train"]["stop"] in ("cpu_budget", "converged")
     assert baseline["train"]["cpu_seconds"] >= spent or baseline["train"]["stop"] == "converged"
     table = (out / "results.md").read_text(encoding="utf-8")
-    assert "the baseline was given the CPU time of decoder + finetune-lr8e-5" in table
+    assert "the baseline and the control were given the CPU time of decoder + finetune-lr8e-5" in table
     assert "| Transformer (transformer-small, from scratch) | 1e-3 |" in table
+
+
+def test_control_and_converged_baselines(stanford, tmp_path):
+    """The same network without pre-training (--control-arch) gets the matched budget; the converged
+    systems train on until early stopping or --max-epochs, with no CPU cap; Table 3 order."""
+    out = tmp_path / "exp"
+    assert _run(stanford, out, "--systems", "control,converged,decoder,finetune-lr8e-5", "--baseline-arch",
+                "transformer-small", "--control-arch", "transformer-minilm-size", "--baseline-budget", "matched",
+                "--max-epochs", "1,scratch=2", "--set", "max_sentences=40", "--no-dev-bleu") == 0
+
+    def start(name):
+        return json.loads((out / name / "scratch" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    control = start("control")
+    assert control["arch"] == "transformer-minilm-size" and control["lr"] == 5e-4 and control["max_cpu_minutes"] > 0
+    for name, arch in (("transformer-converged", "transformer-small"), ("control-converged", "transformer-minilm-size")):
+        cfg = start(name)
+        assert cfg["arch"] == arch and cfg["max_cpu_minutes"] is None and cfg["max_epochs"] == 2
+        assert json.loads((out / name / "result.json").read_text())["status"] == "ok"
+    rows = [line.split(" | ")[0] for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[1:5] == ["| Transformer (transformer-small, from scratch)",
+                         "| Transformer (transformer-small, from scratch, converged)",
+                         "| Transformer, BERT's shape (transformer-minilm-size, from scratch)",
+                         "| Transformer, BERT's shape (transformer-minilm-size, from scratch, converged)"]

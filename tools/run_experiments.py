@@ -10,6 +10,12 @@ Systems (Tables 3 and 5 of the paper), each trained in its own run directory ``O
 - ``transformer``: a Transformer baseline trained from scratch (``--baseline-arch``) on the same
   data with a source-side BPE instead of BERT's WordPiece (``--baseline-data``; by default the tool
   prepares it once, from the same text files as ``--data``, into ``OUT/data-source-bpe``);
+- ``control``: the paper's "Transformer BERT size", the same network without pre-training: an
+  encoder of the BERT's shape (``--control-arch``) trained from scratch with the same decoder, on
+  the baseline's source BPE (like the paper's baselines; a fresh 30K-row WordPiece table would
+  leave most rows rare on a small corpus) and with the baseline's budget;
+- ``transformer-converged``, ``control-converged`` (when the baseline's budget is ``matched``): the
+  same two trained until the dev loss stops improving (the recipe's patience, no CPU cap);
 - ``direct``: BERT + a new decoder trained end to end from the start (``--stage direct``);
 - ``decoder``: stage 1, BERT frozen, decoder trained (``--stage decoder``);
 - ``finetune-lrX``: stage 2 from the stage-1 best checkpoint, one run per ``--finetune-lrs``
@@ -54,7 +60,8 @@ from nmt.model import ARCHS  # noqa: E402
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
 DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
-GROUPS = ("transformer", "direct", "decoder", "finetune", "table4")
+GROUPS = ("transformer", "control", "converged", "direct", "decoder", "finetune", "table4")
+FROM_SCRATCH = ("transformer", "control", "converged")   # groups trained from scratch on the source-BPE data
 STAGE1 = "decoder"                             # the stage-1 system's name (and its stage)
 
 
@@ -71,6 +78,8 @@ class System:
     lr: float                 # peak learning rate
     init_epoch: str | None = None   # finetune: "best" or an epoch number of the stage-1 run
     decoder_epochs: str = ""        # Table 4: decoder-training epochs before fine-tuning
+    arch: str = "bert"              # FROM_SCRATCH groups: the baseline or control architecture
+    budget: str = "epochs"          # "matched": the CPU time of stage 1 + the main fine-tuning run
 
 
 def lr_name(lr: float) -> str:
@@ -90,13 +99,22 @@ def parse_list(text: str, kind, what: str) -> list:
 
 
 def plan_systems(finetune_lrs: Sequence[float], table4_epochs: Sequence[int], direct_lr: float,
-                 baseline_arch: str, train_lr: float = 4e-4) -> list[System]:
-    """Every system of the study, in table order. ``train_lr``: stage 1's LR (paper: 4e-4)."""
+                 baseline_arch: str, train_lr: float = 4e-4, control_arch: str = "transformer-bert-size",
+                 baseline_budget: str = "epochs") -> list[System]:
+    """Every system of the study, in table order (the paper's Table 3: the from-scratch systems
+    first). ``train_lr``: stage 1's LR (paper: 4e-4)."""
     main_lr = finetune_lrs[0]
-    baseline_lr = arch_preset(baseline_arch).get("lr", train_lr)
-    systems = [System("transformer", f"Transformer ({baseline_arch}, from scratch)", "transformer", "scratch",
-                      baseline_lr),
-               System("direct", "Direct fine-tuning (BERT + new decoder, end to end)", "direct", "direct", direct_lr),
+
+    def scratch(name: str, group: str, arch: str, budget: str, what: str) -> System:
+        return System(name, f"{what} ({arch}, from scratch{', converged' if group == 'converged' else ''})", group,
+                      "scratch", arch_preset(arch).get("lr", train_lr), arch=arch, budget=budget)
+    systems = [scratch("transformer", "transformer", baseline_arch, baseline_budget, "Transformer")]
+    if baseline_budget == "matched":
+        systems.append(scratch("transformer-converged", "converged", baseline_arch, "epochs", "Transformer"))
+    systems.append(scratch("control", "control", control_arch, baseline_budget, "Transformer, BERT's shape"))
+    if baseline_budget == "matched":
+        systems.append(scratch("control-converged", "converged", control_arch, "epochs", "Transformer, BERT's shape"))
+    systems += [System("direct", "Direct fine-tuning (BERT + new decoder, end to end)", "direct", "direct", direct_lr),
                System(STAGE1, "Decoder training (stage 1, BERT frozen)", "decoder", "decoder", train_lr)]
     systems += [System(f"finetune-lr{lr_name(lr)}", "+ Fine-tuning (stage 2)", "finetune", "finetune", lr, "best")
                 for lr in finetune_lrs]
@@ -263,7 +281,7 @@ def evaluate(checkpoint: Path, data_dir: Path, splits: Sequence[str], out_dir: P
 class Experiment:
     out: Path
     data: Path                  # BERT (WordPiece source) data
-    baseline_data: Path | None  # source-BPE data for the Transformer baseline
+    baseline_data: dict[str, Path]  # from-scratch arch -> its source-BPE data
     base: TrainConfig           # settings shared by every run
     systems: list[System]       # the whole study, table order
     selected: list[System]      # what this invocation runs
@@ -283,11 +301,12 @@ class Experiment:
     def config_for(self, system: System) -> TrainConfig:
         cfg = dataclasses.replace(self.base, stage=system.stage, lr=system.lr,
                                   max_epochs=self.stage_epochs.get(system.stage, self.base.max_epochs))
-        if system.group == "transformer":
-            recipe = {k: v for k, v in arch_preset(self.args.baseline_arch).items()
+        if system.group in FROM_SCRATCH:
+            recipe = {k: v for k, v in arch_preset(system.arch).items()
                       if k not in self.user_keys and not (k == "max_epochs" and "scratch" in self.stage_epochs)}
-            cfg = dataclasses.replace(cfg, **recipe, arch=self.args.baseline_arch, data=str(self.baseline_data))
-            if self.args.baseline_budget == "matched":
+            cfg = dataclasses.replace(cfg, **recipe, arch=system.arch,
+                                      data=str(self.baseline_data[system.arch]))
+            if system.budget == "matched":
                 cfg = dataclasses.replace(cfg, max_cpu_minutes=self.matched_budget() / 60)
             return cfg
         if system.stage == "decoder":
@@ -380,8 +399,7 @@ class Experiment:
     def run(self) -> str:
         t0 = time.time()
         order = list(self.selected)
-        if self.args.baseline_budget == "matched":      # the baseline's budget is known only after these
-            order.sort(key=lambda s: s.group == "transformer")
+        order.sort(key=lambda s: s.budget == "matched")   # their budget is known only after the others
         for system in order:
             self.run_system(system)
         table = self.tables()
@@ -488,8 +506,9 @@ class Experiment:
                      else "No significance marks: the Transformer baseline has not been run.")
                   + " Epochs: epochs trained (best epoch by dev loss). CPU min: process CPU time of the run's "
                     "training (encoder cache, updates, dev evaluation)"
-                  + (f"; the baseline was given the CPU time of {' + '.join(s.name for s in self.budget_systems())}."
-                     if self.args.baseline_budget == "matched" else ".")]
+                  + (f"; the baseline and the control were given the CPU time of "
+                     f"{' + '.join(s.name for s in self.budget_systems())}; the converged ones trained until the "
+                     f"dev loss stopped improving." if self.args.baseline_budget == "matched" else ".")]
         if any_ok:
             sig = any_ok["splits"][tests[0]]
             lines += [f"BLEU signature: `{sig['signature']}`; tok. BLEU: `{sig['tok_signature']}`"]
@@ -560,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-arch", choices=[a for a in ARCHS if a != "bert"],
                    help="the Transformer baseline (default: transformer-small, the low-resource recipe, on the demo; "
                         "transformer-base, the paper's, with --data)")
+    p.add_argument("--control-arch", choices=[a for a in ARCHS if a != "bert"],
+                   help="the same network without pre-training (default: transformer-minilm-size, the demo BERT's "
+                        "shape, on the demo; transformer-bert-size, BERT-base's, with --data)")
     p.add_argument("--baseline-budget", choices=("matched", "epochs"),
                    help="matched: the baseline trains (after them) for the CPU time that stage 1 + the main "
                         "fine-tuning run took; epochs: until early stopping or --max-epochs (default: matched on "
@@ -605,8 +627,10 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     if len(set(map(lr_name, finetune_lrs))) != len(finetune_lrs) or len(set(table4)) != len(table4):
         raise ExperimentError("--finetune-lrs and --table4-epochs must not repeat a value")
     args.baseline_arch = args.baseline_arch or ("transformer-small" if demo else "transformer-base")
+    args.control_arch = args.control_arch or ("transformer-minilm-size" if demo else "transformer-bert-size")
     args.baseline_budget = args.baseline_budget or ("matched" if demo else "epochs")
-    systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch, train_lr)
+    systems = plan_systems(finetune_lrs, table4, args.direct_lr, args.baseline_arch, train_lr, args.control_arch,
+                           args.baseline_budget)
     selected = select_systems(systems, args.systems)
     if demo and args.pair not in DEMO_PAIRS:
         raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
@@ -629,14 +653,14 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
         torch.set_num_threads(args.threads)
     from nmt.trainer import resolve_device
     args.device = str(resolve_device(args.device))     # one device for training and decoding
-    wants_baseline = any(s.group == "transformer" for s in selected)
+    scratch_archs = sorted({s.arch for s in selected if s.group in FROM_SCRATCH})
+    baselines: dict[str, Path] = {}
     if demo:
         data = demo_data_dir(args.pair)
         prepare_demo(data, args.pair, bert=args.bert, bpe_merges=demo_bpe_merges(), reuse=True, print_fn=print_fn)
-        baseline = None
-        if wants_baseline:
-            baseline = demo_data_dir(args.pair, args.baseline_arch)
-            prepare_demo(baseline, args.pair, bpe_merges=demo_bpe_merges(args.baseline_arch), source_bpe=True, reuse=True,
+        for arch in scratch_archs:
+            baselines[arch] = demo_data_dir(args.pair, arch)
+            prepare_demo(baselines[arch], args.pair, bpe_merges=demo_bpe_merges(arch), source_bpe=True, reuse=True,
                          print_fn=print_fn)
     else:
         data = Path(args.data)
@@ -644,11 +668,12 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
             raise ExperimentError(f"{data}: its source side is not BERT WordPiece; --data is the BERT data "
                                   f"(prepared without --source-bpe); the baseline's goes to --baseline-data")
         baseline = Path(args.baseline_data) if args.baseline_data else None
-        if wants_baseline and baseline is None:
+        if scratch_archs and baseline is None:
             out.mkdir(parents=True, exist_ok=True)
             baseline = prepare_baseline_data(data, out / "data-source-bpe", print_fn)
+        baselines = dict.fromkeys(scratch_archs, baseline)
     tests = test_splits(data)
-    if baseline is not None:
+    for baseline in sorted(set(baselines.values())):
         from nmt.text import split_text
         if read_meta(baseline).get("source", {}).get("kind") != "bpe":
             raise ExperimentError(f"{baseline}: not source-BPE data (prepare it with tools/prepare_data.py --source-bpe)")
@@ -661,12 +686,12 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     base = dataclasses.replace(TrainConfig(), **values, data=str(data))
     for s in selected:                          # every run's config must be valid before anything trains
         dataclasses.replace(base, stage=s.stage, lr=s.lr,
-                            arch=args.baseline_arch if s.group == "transformer" else "bert").validate()
+                            arch=s.arch).validate()
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args), "base_config": base.to_dict(),
-                                                     "baseline_data": str(baseline) if baseline else None},
+                                                     "baseline_data": {a: str(d) for a, d in baselines.items()}},
                                                     indent=1, default=str), encoding="utf-8")
-    return Experiment(out, data, baseline, base, systems, selected, args, stage_epochs, user_keys, print_fn)
+    return Experiment(out, data, baselines, base, systems, selected, args, stage_epochs, user_keys, print_fn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
