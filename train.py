@@ -10,7 +10,7 @@
 
 Run directory (default ``checkpoints/demo-<pair>`` or ``checkpoints/<data dir name>``): one
 subdirectory per stage with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
-translate.py reads a run directory and picks finetune/, else decoder/ (nmt.checkpoint.best_checkpoint_path).
+translate.py reads a run directory and picks finetune/, else decoder/ (nmt.weights.checkpoint.best_checkpoint_path).
 Ctrl-C saves checkpoint_last.pt and exits (status 130). Bad input: ``error: ...`` and status 2.
 
 Data-parallel on several processes (GPUs, or CPU with gloo; see README "Distributed training"):
@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from nmt.config import (arch_preset, build_parser, config_from_args, demo_bpe_merges, demo_preset,  # noqa: E402
-                        given_options, implied_stage)
+from nmt.errors import NmtError, error_line
+from nmt.train.config import (
+    arch_preset,
+    build_parser,
+    config_from_args,
+    demo_bpe_merges,
+    demo_preset,
+    given_options,
+    implied_stage,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = {**(demo_preset(args.pair or "en-de", implied_stage(args.stage, arch)) if demo else {}),
               **arch_preset(arch)}
     cfg = config_from_args(args, preset=preset)
-    from nmt.distributed import launched_by_torchrun
+    from nmt.train.distributed import launched_by_torchrun
     where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)
     if demo and os.environ.get("RANK", "0") == "0":
         overridden = [k for k in preset if k in given_options(args)]
@@ -50,16 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     dist = None
     try:
         if launched_by_torchrun():
-            from nmt.distributed import init_from_env
+            from nmt.train.distributed import init_from_env
             where = f"rank {os.environ.get('RANK', '?')}: "
             dist = init_from_env(cfg.device)
-        from nmt.trainer import setup
+        from nmt.train.trainer import setup
         trainer = setup(cfg, dist=dist)
         why = trainer.fit()
-    except ValueError as e:        # the project's errors (TrainingError, DataError, CheckpointError, ...)
-        if type(e) is ValueError:  # a plain ValueError is a bug: keep its traceback
-            raise
-        print(f"error: {where}{e}", file=sys.stderr)
+    except (NmtError, OSError) as e:     # a user error or the disk: one line; anything else is a bug
+        print(error_line(e).replace("error: ", f"error: {where}", 1), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,8 +8,8 @@
 
 The checkpoint carries everything: the network spec and weights, the source and target text
 pipelines (vocabularies, BPE merges) and, when training chose one on the dev set (``--lenpen-grid``,
-on in the demo preset), the default length penalty. The work is done by ``nmt.translator.Translator``: lines are
-encoded, sorted by length, translated in batches (beam search, nmt/beam_search.py), decoded (BPE
+on in the demo preset), the default length penalty. The work is done by ``nmt.decode.translator.Translator``: lines are
+encoded, sorted by length, translated in batches (beam search, nmt/decode/beam_search.py), decoded (BPE
 removed, detokenized) and written back in input order. Empty input lines give empty output lines. Lines longer than the encoder's positions are
 truncated (with a warning naming the line). With ``--nbest N > 1`` the output is Moses n-best
 format: ``<0-based line> ||| <translation> ||| <score>``, N lines per input line. With
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from nmt.allocator import keep_freed_memory
-from nmt.config import DEMO_PAIRS
+from nmt.cpu.allocator import keep_freed_memory
+from nmt.decode.translator import Translator
+from nmt.errors import NmtError, TranslateError, error_line
 from nmt.files import demo_name, run_dir
-from nmt.text import decode_lines, read_lines
-from nmt.translator import TranslateError, Translator, resolve_checkpoint  # noqa: F401  (re-exported)
+from nmt.text.lines import decode_lines, read_lines
+from nmt.train.config import DEMO_PAIRS
 
 DEFAULT_RUN = run_dir(demo_name("en-de"))     # the demo run directory (train.py's default)
 
@@ -65,14 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--int8", action="store_true",
                    help="CPU only: int8 weights (per output channel) and int8 activations in the decoder's "
-                        "linear layers (fbgemm dynamic quantization; nmt/inference_linear.py): faster decoding")
+                        "linear layers (fbgemm dynamic quantization; nmt/cpu/inference_linear.py): faster decoding")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    keep_freed_memory()                           # nmt/allocator.py: no page faults per decoding step
+    keep_freed_memory()                           # nmt/cpu/allocator.py: no page faults per decoding step
     demo_run = args.checkpoint is None
     if demo_run:
         args.checkpoint = str(DEFAULT_RUN.with_name(demo_name(args.pair)))
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         lines, name = read_input(args.input)
         references = None
         if args.reference:
-            from nmt.evaluate import check_parallel
+            from nmt.metrics import check_parallel
             references = read_lines(args.reference)
             check_parallel([(name, lines), (args.reference, references)])
         from tqdm import tqdm
@@ -103,9 +104,9 @@ def main(argv=None) -> int:
                                            max_len_a=args.max_len_a, max_len_b=args.max_len_b, name=name,
                                            warn=warn, progress=bar)
         if args.nbest > 1:
-            out_lines = [f"{i} ||| {text} ||| {score:.4f}" for i, r in enumerate(results) for text, score in r]
+            out_lines = [f"{i} ||| {h.text} ||| {h.score:.4f}" for i, r in enumerate(results) for h in r.hypotheses]
         else:
-            out_lines = [r[0][0] for r in results]
+            out_lines = [r.text for r in results]
         text = "".join(line + "\n" for line in out_lines)
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")
@@ -113,11 +114,11 @@ def main(argv=None) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
         if references is not None:
-            from nmt.evaluate import corpus_bleu
-            score, signature = corpus_bleu([r[0][0] for r in results], references, tokenize=args.bleu_tokenize)
+            from nmt.metrics import corpus_bleu
+            score, signature = corpus_bleu([r.text for r in results], references, tokenize=args.bleu_tokenize)
             print(f"{score.format()}\nsignature: {signature}", file=sys.stderr)
-    except ValueError as e:        # TranslateError and the library's errors (checkpoint, spec, data)
-        print(f"error: {e}", file=sys.stderr)
+    except (NmtError, OSError) as e:     # a user error or the disk: one line; anything else is a bug
+        print(error_line(e), file=sys.stderr)
         return 2
     return 0
 

@@ -8,7 +8,7 @@ Everything the programs write goes under one git-ignored directory, ``checkpoint
     checkpoints/pretrained/FILE.pt       converted BERT models (the default one, converted once)
     checkpoints/experiments/NAME/        tools/run_experiments.py
 
-A run directory holds one subdirectory per stage (nmt/checkpoint.py: ``stage_dir``). The embedded
+A run directory holds one subdirectory per stage (nmt/weights/checkpoint.py: ``stage_dir``). The embedded
 demo corpora are read from ``data/demo/`` (:data:`DEMO_DIR`). This module is the only place that
 builds these paths:
 

@@ -32,8 +32,8 @@ def forbid_writes(rank: int) -> None:
 
 
 def run_train(job, dist, quiet) -> dict:
-    from nmt.config import TrainConfig
-    from nmt.trainer import setup
+    from nmt.train.config import TrainConfig
+    from nmt.train.trainer import setup
     cfg = dataclasses.replace(TrainConfig(), **job["cfg"])
     trainer = setup(cfg, print_fn=quiet, dist=dist)
     why = trainer.fit()
@@ -45,9 +45,10 @@ def run_rewrap(job, dist, quiet) -> dict:
     """After a stage change inside one process, do the ranks' encoders stay identical (gradients synced)?"""
     import torch
     import torch.distributed as tdist
-    from nmt.config import TrainConfig
-    from nmt.data import collate
-    from nmt.trainer import setup
+
+    from nmt.data.binarized import collate
+    from nmt.train.config import TrainConfig
+    from nmt.train.trainer import setup
     cfg = dataclasses.replace(TrainConfig(), **job["cfg"])
     trainer = setup(cfg, print_fn=quiet, dist=dist)
     if job["rewrap"]:
@@ -68,8 +69,10 @@ def run_rewrap(job, dist, quiet) -> dict:
 def run_cli(job, dist_unused, quiet) -> dict:
     """train.main on every rank; rank fail_rank raises a TrainingError at update fail_step."""
     import os
+
     import train as train_cli
-    from nmt.trainer import Trainer, TrainingError
+    from nmt.errors import TrainingError
+    from nmt.train.trainer import Trainer
     rank = int(os.environ["RANK"])
     if job.get("fail_rank") == rank:
         step = Trainer.train_step
@@ -83,14 +86,13 @@ def run_cli(job, dist_unused, quiet) -> dict:
 
 
 def main() -> None:
-    import os
     sys.path.insert(0, str(REPO))
     import torch
     torch.set_num_threads(1)
     spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     if spec["jobs"][0]["kind"] == "cli":         # train.py does its own process-group set-up
         run_cli(spec["jobs"][0], None, None)
-    from nmt.distributed import init_from_env
+    from nmt.train.distributed import init_from_env
     dist = init_from_env("cpu")
     assert dist is not None and dist.backend == "gloo", "run me with torchrun --nproc_per_node 2"
     results = []

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from nmt.beam_search import ScriptedModel, beam_search, greedy_search
-from nmt.inference_linear import prepare_for_inference
-from nmt.model import ModelSpec, build_model
-from nmt.vocab import Vocab
-
+from nmt.cpu.inference_linear import prepare_for_inference
+from nmt.decode.beam_search import ScriptedModel, beam_search, greedy_search
+from nmt.model.seq2seq import ModelSpec, build_model
+from nmt.text.vocab import Vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 

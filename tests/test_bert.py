@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.bert import BertConfig, BertEncoder, expected_shapes
-from nmt.checkpoint import CheckpointError
-from nmt.pretrained import installed_package_dir, load_bert
+from nmt.errors import CheckpointError
+from nmt.model.bert import BertConfig, BertEncoder, expected_shapes
+from nmt.weights.pretrained import installed_package_dir, load_bert
 
 TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32)
 

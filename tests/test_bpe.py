@@ -1,4 +1,4 @@
-"""nmt.bpe against subword-nmt 0.3.8 (the oracle): identical codes and identical segmentations."""
+"""nmt.text.bpe against subword-nmt 0.3.8 (the oracle): identical codes and identical segmentations."""
 import contextlib
 import gzip
 import io
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nmt.bpe import (BPE, BPEError, learn_bpe, learn_bpe_from_counts, read_codes, remove_bpe,
-                     write_codes)
+from nmt.errors import BPEError
+from nmt.text.bpe import BPE, learn_bpe, learn_bpe_from_counts, read_codes, remove_bpe, write_codes
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

@@ -3,8 +3,15 @@ import pickle
 import pytest
 import torch
 
-from nmt.checkpoint import (FORMAT, CheckpointError, best_checkpoint_path, load_checkpoint, rng_state,
-                            save_checkpoint, set_rng_state)
+from nmt.errors import CheckpointError
+from nmt.weights.checkpoint import (
+    FORMAT,
+    best_checkpoint_path,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def _state():

@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.data import (FORMAT, DataError, ParallelData, SplitWriter, check_source_vocab, collate,
-                      make_batches, token_budget, vocab_fingerprint, write_json)
-from nmt.vocab import Vocab
+from nmt.data.binarized import (
+    FORMAT,
+    ParallelData,
+    SplitWriter,
+    check_source_vocab,
+    collate,
+    make_batches,
+    token_budget,
+    vocab_fingerprint,
+    write_json,
+)
+from nmt.errors import DataError
+from nmt.text.vocab import Vocab
 
 
 def write_data_dir(directory, splits, src_vocab=tuple(f"w{i}" for i in range(50)), tgt_vocab_size=50):

@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from nmt.decoder import (DecoderConfig, TransformerDecoder, make_positions, sinusoidal_table)
-from nmt.vocab import Vocab
-
+from nmt.model.decoder import DecoderConfig, TransformerDecoder, make_positions, sinusoidal_table
+from nmt.text.vocab import Vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from nmt.checkpoint import load_checkpoint
-from nmt.data import ParallelData, make_batches
-from nmt.distributed import launched_by_torchrun, init_from_env, shard_batches, shard_pairs
-from nmt.trainer import setup
 from test_trainer import make_cfg, quiet, work  # noqa: F401 -- fixtures shared with the trainer tests
+
+from nmt.data.binarized import ParallelData, make_batches
+from nmt.train.distributed import init_from_env, launched_by_torchrun, shard_batches, shard_pairs
+from nmt.train.trainer import setup
+from nmt.weights.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
@@ -59,7 +59,7 @@ def torchrun(tmp_path: Path, jobs: list, timeout: float = TIMEOUT) -> tuple[subp
 @pytest.fixture(scope="module")
 def exact_bert(work) -> str:
     """The trainer tests' tiny random BERT with its dropouts at 0 (attention dropout is not a CLI flag)."""
-    from nmt.pretrained import NativeBert, load_bert, save_native
+    from nmt.weights.pretrained import NativeBert, load_bert, save_native
     encoder, tokenizer = load_bert(work["bert"])
     config = dataclasses.replace(encoder.config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     path = work["base"] / "tiny_bert_no_dropout.pt"
@@ -125,7 +125,7 @@ def test_single_process_has_no_distributed_context(monkeypatch):
 
 
 def test_bad_torchrun_environment():
-    from nmt.distributed import DistributedError
+    from nmt.errors import DistributedError
     with pytest.raises(DistributedError, match="RANK/LOCAL_RANK are missing"):
         init_from_env("cpu", environ={"WORLD_SIZE": "2"})
     with pytest.raises(DistributedError, match=r"RANK=2 is not in \[0, WORLD_SIZE=2\)"):

@@ -1,4 +1,4 @@
-"""nmt/evaluate.py and tools/evaluate.py: BLEU statistics against sacrebleu (the oracle) on real
+"""nmt/metrics.py and tools/evaluate.py: BLEU statistics against sacrebleu (the oracle) on real
 IWSLT15 text, paired bootstrap behaviour, and the CLI's handling of bad input."""
 import logging
 
@@ -7,11 +7,17 @@ import pytest
 import sacrebleu
 from sacrebleu.significance import PairedTest
 
-from nmt.data import DataError
-from nmt.evaluate import (MARK_BETTER, MARK_WORSE, bleu_from_statistics,
-                          paired_bootstrap, paired_bootstrap_from_statistics,
-                          resample_counts, sentence_statistics)
-from nmt.text import read_lines
+from nmt.errors import DataError
+from nmt.metrics import (
+    MARK_BETTER,
+    MARK_WORSE,
+    bleu_from_statistics,
+    paired_bootstrap,
+    paired_bootstrap_from_statistics,
+    resample_counts,
+    sentence_statistics,
+)
+from nmt.text.lines import read_lines
 from tools.evaluate import main
 
 
@@ -147,7 +153,7 @@ def test_clearly_better_and_clearly_worse(refs_2013):
 @pytest.mark.parametrize("system_drop, system_seed", [
     (0.295, 3), (0.30, 2), pytest.param(0.285, 5, marks=pytest.mark.slow)])
 def test_p_value_agrees_with_sacrebleu_paired_bs(iwslt_dir, system_drop, system_seed):
-    """Same resamples (seed 12345), different test statistic (see nmt/evaluate.py): on these
+    """Same resamples (seed 12345), different test statistic (see nmt/metrics.py): on these
     pairs (delta +1.1, +1.9 and -0.05 BLEU) the two p-values are measured 0.039/0.045,
     0.002/0.001 and 0.482/0.394; near delta = 0 the definitions differ by design."""
     refs = read_lines(iwslt_dir / "tst2012.vi")

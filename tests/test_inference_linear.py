@@ -1,14 +1,20 @@
-"""Inference and training kernels for nn.Linear (nmt/inference_linear.py, nmt/gemm.py) against nn.Linear."""
+"""Inference and training kernels for nn.Linear (nmt/cpu/inference_linear.py, nmt/cpu/gemm.py) against nn.Linear."""
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
 
-from nmt.allocator import keep_freed_memory
-from nmt.gemm import OneDNNLinear, use_onednn
-from nmt.inference_linear import (Int8Linear, PackedLinear, TransposedLinear, int8_engine, packing_available,
-                                  prepare_for_inference)
+from nmt.cpu.allocator import keep_freed_memory
+from nmt.cpu.gemm import OneDNNLinear, use_onednn
+from nmt.cpu.inference_linear import (
+    Int8Linear,
+    PackedLinear,
+    TransposedLinear,
+    int8_engine,
+    packing_available,
+    prepare_for_inference,
+)
 
 
 def mlp(seed=0):

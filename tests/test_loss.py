@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.loss import label_smoothed_nll_loss, perplexity, projected_label_smoothed_nll_loss
-from nmt.vocab import Vocab
+from nmt.model.loss import label_smoothed_nll_loss, perplexity, projected_label_smoothed_nll_loss
+from nmt.text.vocab import Vocab
 
 
 def test_hand_computed_example():

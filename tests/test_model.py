@@ -2,12 +2,11 @@
 import pytest
 import torch
 
-from nmt.loss import label_smoothed_nll_loss
-from nmt.model import (ModelSpec, ModelSpecError, Seq2Seq, build_model, count_parameters,
-                       format_parameter_counts)
-from nmt.transformer_encoder import TransformerEncoder
-from nmt.vocab import Vocab
-
+from nmt.errors import ModelSpecError
+from nmt.model.loss import label_smoothed_nll_loss
+from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
+from nmt.model.transformer_encoder import TransformerEncoder
+from nmt.text.vocab import Vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
@@ -120,7 +119,7 @@ def test_format_parameter_counts_mentions_every_part():
 
 
 def test_bert_arch_builds_a_decoder_as_wide_as_bert():
-    bert = pytest.importorskip("nmt.bert")
+    bert = pytest.importorskip("nmt.model.bert")
     cfg = bert.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                           intermediate_size=64, max_position_embeddings=16)
     spec = ModelSpec.bert(cfg, tgt_vocab_size=20, src_pad_id=0)
@@ -145,7 +144,7 @@ def test_baselines_init_embeddings_like_fairseq_and_the_bert_decoder_keeps_xavie
         H = weight.size(1)
         assert weight[1:].std().item() == pytest.approx(H ** -0.5, rel=0.02)
     assert not base.encoder.embed_tokens.weight[0].any() and not base.decoder.embed_tokens.weight[Vocab.PAD].any()
-    bert = pytest.importorskip("nmt.bert")
+    bert = pytest.importorskip("nmt.model.bert")
     cfg = bert.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                           intermediate_size=64, max_position_embeddings=16)
     paper = build_model(ModelSpec.bert(cfg, tgt_vocab_size=V, src_pad_id=0))

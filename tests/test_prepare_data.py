@@ -7,11 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from nmt.data import DataError, ParallelData, check_source_vocab
-from nmt.text import SourcePipeline, TargetPipeline, open_text_lines
-from nmt.vocab import Vocab
+from nmt.data.binarized import ParallelData, check_source_vocab
+from nmt.data.prepare import prepare
+from nmt.errors import DataError
+from nmt.text.lines import open_text_lines
+from nmt.text.pipeline import SourcePipeline, TargetPipeline
+from nmt.text.vocab import Vocab
 from tests.conftest import REPO, SHARED_BERT_TF, SHARED_IWSLT, require_path
-from nmt.prepare import prepare
 from tools.prepare_data import main
 
 MERGES = 500          # small, for speed; the default is 16,000
@@ -186,8 +188,8 @@ def test_cli_runs_as_a_script(tmp_path):
 @pytest.mark.slow
 def test_demo_corpus_end_to_end(tmp_path):
     """The embedded demo (raw text, gzip) as train.py prepares it; decode gives the raw text back."""
+    from nmt.data.prepare import prepare_demo
     from nmt.files import DEMO_DIR
-    from nmt.prepare import prepare_demo
     base = require_path(DEMO_DIR / "en-de")
     meta = prepare_demo(tmp_path / "demo", "en-de", bpe_merges=2000, print_fn=lambda s: None)
     target = TargetPipeline.from_dict(json.loads((tmp_path / "demo" / "target.json").read_text()))

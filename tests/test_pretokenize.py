@@ -1,12 +1,12 @@
-"""nmt.pretokenize: exact rules, round trips on every real line, robustness to model output."""
+"""nmt.text.pretokenize: exact rules, round trips on every real line, robustness to model output."""
 import gzip
 import random
 from pathlib import Path
 
 import pytest
 
-from nmt.bpe import BPE, learn_bpe, remove_bpe
-from nmt.pretokenize import ESCAPED_JOINER, JOINER, detokenize, split_tokens, tokenize
+from nmt.text.bpe import BPE, learn_bpe, remove_bpe
+from nmt.text.pretokenize import ESCAPED_JOINER, JOINER, detokenize, split_tokens, tokenize
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

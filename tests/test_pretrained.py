@@ -7,10 +7,16 @@ import struct
 import pytest
 import torch
 
-from nmt.checkpoint import CheckpointError
-from nmt.pretrained import (default_bert_path, ensure_default_bert, installed_package_dir, load_bert,
-                            load_native, read_bert_dir, save_native)
-from nmt.safetensors_io import load_safetensors, save_safetensors
+from nmt.errors import CheckpointError
+from nmt.weights.pretrained import (
+    default_bert_path,
+    ensure_default_bert,
+    installed_package_dir,
+    load_bert,
+    load_native,
+    read_bert_dir,
+)
+from nmt.weights.safetensors_io import load_safetensors, save_safetensors
 from tools import convert_bert_checkpoint
 
 SENTENCES = ["This is not a finished story .", "It is a jigsaw puzzle still being put together ."]

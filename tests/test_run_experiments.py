@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.bert import BertConfig, BertEncoder
-from nmt.checkpoint import load_checkpoint
-from nmt.evaluate import checkpoint_perplexity
-from nmt.pretrained import NativeBert, save_native
-from nmt.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.model.bert import BertConfig, BertEncoder
+from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.train.evaluation import checkpoint_perplexity
+from nmt.weights.checkpoint import load_checkpoint
+from nmt.weights.pretrained import NativeBert, save_native
 from tests.conftest import SHARED_IWSLT, require_path
 from tools import run_experiments
 from tools.evaluate import main as evaluate_main
 from tools.prepare_data import main as prepare_main
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
@@ -146,7 +145,7 @@ def test_baseline_is_prepared_and_marks_significance(stanford, tmp_path):
 def test_continue_after_interruption(stanford, tmp_path, monkeypatch):
     """A run stopped mid-way (here: by --max-steps inside epoch 1, as after Ctrl-C) is resumed."""
     out = tmp_path / "exp"
-    from nmt import trainer as trainer_module
+    from nmt.train import trainer as trainer_module
     real_fit = trainer_module.Trainer.fit
     calls = []
 

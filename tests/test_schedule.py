@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from nmt.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
+from nmt.train.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
 
 
 def test_values_at_chosen_steps():

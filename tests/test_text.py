@@ -3,12 +3,12 @@ import gzip
 
 import pytest
 
-from nmt.bpe import BPE, learn_bpe
-from nmt.data import DataError
-from nmt.text import SourcePipeline, TargetPipeline, open_text_lines
-from nmt.vocab import Vocab
-from nmt.wordpiece import WordPieceTokenizer
-
+from nmt.errors import DataError
+from nmt.text.bpe import BPE, learn_bpe
+from nmt.text.lines import open_text_lines
+from nmt.text.pipeline import SourcePipeline, TargetPipeline
+from nmt.text.vocab import Vocab
+from nmt.text.wordpiece import WordPieceTokenizer
 
 # ----------------------------------------------------------------------------- reading lines
 
@@ -113,7 +113,7 @@ def test_tokenized_target_round_trips_stanford_text_exactly(vi_lines):
 
 
 def test_raw_target_round_trips_untokenized_text():
-    tokenize = pytest.importorskip("nmt.pretokenize").tokenize
+    tokenize = pytest.importorskip("nmt.text.pretokenize").tokenize
     lines = ["Hello, world! It's 3.5% (really).", "Xin chào, thế giới!", "\"Quoted\" text -- and more..."]
     bpe = BPE(learn_bpe([tokenize(x) for x in lines], 50, min_frequency=1))
     target = TargetPipeline.build("raw", bpe, lines)

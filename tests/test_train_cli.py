@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import SHARED_BERT_TF, require_path
 
 import train as train_cli
 import translate as translate_cli
-from conftest import SHARED_BERT_TF, require_path
-from nmt.checkpoint import load_checkpoint
+from nmt.weights.checkpoint import load_checkpoint
 
 SENTENCE = "Select the cells that you want to copy."
 
@@ -31,7 +31,7 @@ def translate(capsys, monkeypatch, *argv) -> tuple[int, str, str]:
 def test_demo_default_trains_offline_and_translates(tmp_path, capsys, monkeypatch):
     """`python train.py --stage decoder` with no data arguments: prepares the embedded En-De demo,
     converts the installed BERT once, trains; then `--stage finetune` continues from it."""
-    from nmt.pretrained import ensure_default_bert
+    from nmt.weights.pretrained import ensure_default_bert
     try:
         ensure_default_bert(print_fn=lambda *_: None)
     except ValueError as e:                     # the registry package is not installed here

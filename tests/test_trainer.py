@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import train as train_cli
-from nmt.bert import BertConfig, BertEncoder
-from nmt.checkpoint import load_checkpoint
-from nmt.config import TrainConfig
-from nmt.data import SplitWriter, collate
-from nmt.pretrained import NativeBert, save_native
-from nmt.trainer import TrainingError, setup
-from nmt.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.data.binarized import SplitWriter, collate
+from nmt.errors import TrainingError
+from nmt.model.bert import BertConfig, BertEncoder
+from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.train.config import TrainConfig
+from nmt.train.trainer import setup
+from nmt.weights.checkpoint import load_checkpoint
+from nmt.weights.pretrained import NativeBert, save_native
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo" / "en-de"
@@ -37,7 +38,7 @@ def _write_split(directory: Path, name: str, pairs) -> None:
 
 
 def _prepare(out: Path, raw: Path, train_pairs, dev_pairs, bpe_merges=150) -> Path:
-    from nmt.prepare import prepare
+    from nmt.data.prepare import prepare
     raw.mkdir(parents=True, exist_ok=True)
     _write_split(raw, "train", train_pairs)
     if dev_pairs is not None:
@@ -300,7 +301,7 @@ def test_resume_without_a_checkpoint(work, tmp_path, capsys):
 @pytest.mark.slow
 def test_real_minilm_stage1_with_cache(work, tmp_path):
     """The real all-MiniLM-L6-v2 (installed package): frozen, cached stage 1 learns (dev loss drops)."""
-    from nmt.pretrained import ensure_default_bert
+    from nmt.weights.pretrained import ensure_default_bert
     try:
         bert = ensure_default_bert(print_fn=quiet)
     except ValueError as e:
@@ -317,9 +318,9 @@ def test_real_minilm_stage1_with_cache(work, tmp_path):
 
 
 def test_lenpen_grid_stores_the_dev_bleu_best_length_penalty_in_the_best_checkpoint(work, tmp_path):
-    from nmt.evaluate import corpus_bleu
-    from nmt.text import split_text
-    from nmt.translator import Translator
+    from nmt.data.binarized import split_text
+    from nmt.decode.translator import Translator
+    from nmt.metrics import corpus_bleu
     grid = [0.5, 1.0, 2.0]
     trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=2, lenpen_grid="0.5,1.0,2.0"),
                     print_fn=quiet)
@@ -330,7 +331,7 @@ def test_lenpen_grid_stores_the_dev_bleu_best_length_penalty_in_the_best_checkpo
     # the oracle: the best checkpoint's dev BLEU at each value, decoded here independently
     sources, references, _ = split_text(work["data"], "valid")
     translator = Translator.from_checkpoint(best)
-    bleu = [corpus_bleu([r[0][0] for r in translator.translate(sources, beam=10, lenpen=g)], references)[0].score
+    bleu = [corpus_bleu([r.text for r in translator.translate(sources, beam=10, lenpen=g)], references)[0].score
             for g in grid]
     assert decoding["dev_bleu"] == [round(b, 2) for b in bleu]
     assert decoding["lenpen"] == grid[max(range(3), key=lambda i: (bleu[i], -i))] == translator.lenpen

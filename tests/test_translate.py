@@ -5,20 +5,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.beam_search import beam_search
-from nmt.model import ModelSpec, build_model
+from nmt.decode.beam_search import beam_search
+from nmt.model.seq2seq import ModelSpec, build_model
 
 # the text pipelines and the BERT encoder are other modules of this project; skip until present
-text = pytest.importorskip("nmt.text")
-bert = pytest.importorskip("nmt.bert")
-from nmt.bpe import BPE  # noqa: E402
-from nmt.wordpiece import WordPieceTokenizer  # noqa: E402
+text = pytest.importorskip("nmt.text.pipeline")
+bert = pytest.importorskip("nmt.model.bert")
+from nmt.text.bpe import BPE  # noqa: E402
+from nmt.text.wordpiece import WordPieceTokenizer  # noqa: E402
 
 SourcePipeline, TargetPipeline = text.SourcePipeline, text.TargetPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # translate.py lives in the repo root
 import translate  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
@@ -148,7 +147,7 @@ def test_reference_prints_bleu_and_signature(tmp_path, ckpt, capsys):
 
 
 def test_run_directory_uses_its_best_checkpoint(tmp_path, capsys):
-    pytest.importorskip("nmt.checkpoint")
+    pytest.importorskip("nmt.weights.checkpoint")
     run_dir = tmp_path / "run"
     (run_dir / "decoder").mkdir(parents=True)
     make_checkpoint(run_dir / "decoder" / "checkpoint_best.pt")
@@ -161,7 +160,7 @@ def test_run_directory_uses_its_best_checkpoint(tmp_path, capsys):
 
 
 def test_pair_picks_the_demo_run_directory(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("nmt.checkpoint")
+    pytest.importorskip("nmt.weights.checkpoint")
     monkeypatch.setattr(translate, "DEFAULT_RUN", tmp_path / "demo-en-de")
     src = tmp_path / "in.txt"
     src.write_text("the cat .\n", encoding="utf-8")
@@ -195,7 +194,7 @@ def test_int8_translates_every_line_with_int8_layers_and_close_scores(tmp_path, 
 def test_default_length_penalty_is_the_checkpoints_choice(tmp_path, ckpt, capsys):
     # a checkpoint with a dev-chosen length penalty (train.py --lenpen-grid) decodes with it unless --lenpen
     # is given; n-best scores are sum(log p) / len**lenpen, so they show which value was used
-    from nmt.checkpoint import update_checkpoint
+    from nmt.weights.checkpoint import update_checkpoint
     src = tmp_path / "in.txt"
     src.write_text("\n".join(SOURCE) + "\n", encoding="utf-8")
     nbest = ["--checkpoint", ckpt, "--input", src, "--beam", 4, "--nbest", 3]

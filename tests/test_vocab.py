@@ -1,6 +1,7 @@
 import pytest
 
-from nmt.vocab import Vocab, VocabError
+from nmt.errors import VocabError
+from nmt.text.vocab import Vocab
 
 
 def test_build_orders_by_count_then_alphabetically():

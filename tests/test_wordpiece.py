@@ -1,4 +1,4 @@
-"""nmt.wordpiece: parity with Google's tokenization.py (the spec) on real text and hard cases,
+"""nmt.text.wordpiece: parity with Google's tokenization.py (the spec) on real text and hard cases,
 HF's Rust tokenizer as a second oracle (with its deliberate differences stated), hand-worked
 rules, ids/batches/decoding, bad vocabularies and the command line."""
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, SHARED_BERT_TF, SHARED_IWSLT
-from nmt import wordpiece
-from nmt.wordpiece import WordPieceError, WordPieceTokenizer
+
+from nmt.errors import WordPieceError
+from nmt.text import wordpiece
+from nmt.text.wordpiece import WordPieceTokenizer
 
 HARD_CASES = Path(__file__).parent / "data" / "wordpiece_hard_cases.txt"
 DEMO_HEAD_LINES = 2000
@@ -428,7 +429,7 @@ def test_crlf_vocab_loads_like_google(tmp_path, google_tokenization):
 # ---- command line ---------------------------------------------------------------------------
 
 def run_cli(*args, stdin: bytes = b""):
-    return subprocess.run([sys.executable, "-m", "nmt.wordpiece", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "nmt.text.wordpiece", *args], input=stdin,
                           capture_output=True, cwd=REPO, timeout=120)
 
 

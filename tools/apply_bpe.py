@@ -5,7 +5,7 @@
 
 Like subword-nmt, each line keeps its leading and trailing whitespace (spaces, ``\\r``, ``\\n``),
 runs of spaces inside the line collapse to one, and non-final pieces end in the separator (``@@``).
-Lines end at ``\\n`` only. Undo with ``sed -r 's/(@@ )|(@@ ?$)//g'`` or ``nmt.bpe.remove_bpe``.
+Lines end at ``\\n`` only. Undo with ``sed -r 's/(@@ )|(@@ ?$)//g'`` or ``nmt.text.bpe.remove_bpe``.
 Bad input (missing or malformed codes, undecodable text) prints ``error: ...`` and exits 2.
 """
 from __future__ import annotations
@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python tools/apply_bpe.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.bpe import BPE, BPEError, read_codes, read_text_lines  # noqa: E402
+from nmt.errors import BPEError
+from nmt.text.bpe import BPE, read_codes, read_text_lines
 
 
 def build_parser() -> argparse.ArgumentParser:

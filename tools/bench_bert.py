@@ -20,14 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from nmt.files import REPO  # noqa: E402
-from nmt.pretrained import build_encoder, installed_package_dir, read_bert_dir, save_native  # noqa: E402
-from nmt.tf_checkpoint import crc32c  # noqa: E402
+from nmt.files import REPO
+from nmt.weights.pretrained import build_encoder, installed_package_dir, read_bert_dir, save_native
+from nmt.weights.tf_checkpoint import crc32c
 
 TF_DIR = REPO.parent / "shared" / "bert" / "minilm-l6-h384-uncased-tf"
 IWSLT = REPO.parent / "shared" / "iwslt15-en-vi" / "tst2012.en"

@@ -24,20 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.files import REPO, run_dir  # noqa: E402
+from nmt.files import REPO, run_dir
 
 
 def worker(args) -> None:
     """One rank: set up the trainer, time ``steps`` updates after ``warmup``, rank 0 prints a JSON line."""
     import torch
 
-    from nmt.config import TrainConfig
-    from nmt.data import collate
-    from nmt.distributed import init_from_env
-    from nmt.trainer import setup
+    from nmt.data.binarized import collate
+    from nmt.train.config import TrainConfig
+    from nmt.train.distributed import init_from_env
+    from nmt.train.trainer import setup
     torch.set_num_threads(args.threads)
     dist = init_from_env(args.device)
     cfg = dataclasses.replace(TrainConfig(), data=args.data, stage=args.stage, run_dir=str(args.run_dir),
@@ -96,7 +93,7 @@ def launch(args, procs: int) -> dict:
 
 
 def main() -> int:
-    from nmt.config import demo_data_dir
+    from nmt.train.config import demo_data_dir
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(demo_data_dir("en-de")), help="prepared data (default: the En-De demo)")
     p.add_argument("--procs", default="1,2", help="process counts to compare, the first is the baseline")

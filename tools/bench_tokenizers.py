@@ -1,7 +1,7 @@
 """Benchmark the tokenizers against their reference implementations, on the same real text.
 
-WordPiece (nmt.wordpiece) vs Google's bert/tokenization.py and HF's Rust tokenizer (through
-transformers.BertTokenizer): lines/s, text -> ids, single-threaded. BPE (nmt.bpe) vs subword-nmt
+WordPiece (nmt.text.wordpiece) vs Google's bert/tokenization.py and HF's Rust tokenizer (through
+transformers.BertTokenizer): lines/s, text -> ids, single-threaded. BPE (nmt.text.bpe) vs subword-nmt
 0.3.8: learn time and apply lines/s. Text: every line of ../shared/iwslt15-en-vi/* and, when
 present, data/demo/**/*.gz. Test/benchmark-only packages (bert-tensorflow, transformers,
 subword-nmt) come from requirements-dev.txt.
@@ -30,10 +30,8 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmt.files import DEMO_DIR, REPO  # noqa: E402
+from nmt.files import DEMO_DIR, REPO
 
 SHARED = REPO.parent / "shared"
 DEFAULT_VOCAB = SHARED / "bert" / "minilm-l6-h384-uncased-tf" / "vocab.txt"
@@ -79,7 +77,7 @@ def best_time(fn, repeats: int) -> float:
 def bench_wordpiece(lines: list[str], vocab_path: Path, repeats: int) -> None:
     from transformers import BertTokenizer
 
-    from nmt.wordpiece import WordPieceTokenizer
+    from nmt.text.wordpiece import WordPieceTokenizer
 
     google = load_google_tokenization().FullTokenizer(str(vocab_path), do_lower_case=True)
     hf = BertTokenizer(vocab=str(vocab_path), do_lower_case=True)
@@ -112,8 +110,8 @@ def bench_wordpiece(lines: list[str], vocab_path: Path, repeats: int) -> None:
 
     n = len(lines)
     results = {
-        "nmt.wordpiece encode, cold (fresh tokenizer)": min(ours_cold() for _ in range(repeats)),
-        "nmt.wordpiece encode, warm (cache filled)": best_time(lambda: [warm_tok.encode(x) for x in lines], repeats),
+        "nmt.text.wordpiece encode, cold (fresh tokenizer)": min(ours_cold() for _ in range(repeats)),
+        "nmt.text.wordpiece encode, warm (cache filled)": best_time(lambda: [warm_tok.encode(x) for x in lines], repeats),
         "google tokenization.py tokenize+ids": best_time(google_run, max(1, repeats // 2)),
         "HF Rust Tokenizer.encode_batch (1 thread)": best_time(lambda: rust.encode_batch(lines), repeats),
         "HF Rust Tokenizer.encode, line by line": best_time(rust_single, repeats),
@@ -122,8 +120,8 @@ def bench_wordpiece(lines: list[str], vocab_path: Path, repeats: int) -> None:
     print(f"\n== WordPiece: {n} lines, text -> ids, single-threaded ==")
     for name, seconds in results.items():
         print(f"  {name:<48} {n / seconds:>12,.0f} lines/s   ({seconds:.3f} s CPU)")
-    ours = n / results["nmt.wordpiece encode, cold (fresh tokenizer)"]
-    print("  ratios (nmt.wordpiece cold lines/s divided by the other's):")
+    ours = n / results["nmt.text.wordpiece encode, cold (fresh tokenizer)"]
+    print("  ratios (nmt.text.wordpiece cold lines/s divided by the other's):")
     for name in list(results)[2:]:
         print(f"    vs {name:<45} {ours / (n / results[name]):6.2f}x")
     print("  targets: >= 5x Google, >= 0.5x HF Rust")
@@ -132,9 +130,9 @@ def bench_wordpiece(lines: list[str], vocab_path: Path, repeats: int) -> None:
 def bench_bpe(lines: list[str], merges: int, repeats: int) -> None:
     print(f"\n== BPE: learn {merges} merges (min frequency 2) and apply, {len(lines)} lines ==")
     try:
-        from nmt.bpe import BPE, learn_bpe, write_codes
+        from nmt.text.bpe import BPE, learn_bpe, write_codes
     except ImportError as error:
-        print(f"  skipped: nmt.bpe is not available yet ({error})")
+        print(f"  skipped: nmt.text.bpe is not available yet ({error})")
         return
     from subword_nmt.apply_bpe import BPE as SubwordBPE
     from subword_nmt.learn_bpe import learn_bpe as subword_learn_bpe
@@ -177,9 +175,9 @@ def bench_bpe(lines: list[str], merges: int, repeats: int) -> None:
     t_sub_apply = best_time(subword_apply, repeats)
     n = len(lines)
     same_codes = [tuple(l.split(" ")) for l in codes_text.splitlines()[1:]] == [tuple(m) for m in ours_merges]
-    print(f"  learn: nmt.bpe {t_ours_learn:.3f} s ({len(ours_merges)} merges), subword-nmt {t_sub_learn:.3f} s "
+    print(f"  learn: nmt.text.bpe {t_ours_learn:.3f} s ({len(ours_merges)} merges), subword-nmt {t_sub_learn:.3f} s "
           f"-> {t_sub_learn / t_ours_learn:.2f}x faster (target >= 2x); identical merges: {same_codes}")
-    print(f"  apply: nmt.bpe {n / t_ours_apply:,.0f} lines/s, subword-nmt {n / t_sub_apply:,.0f} lines/s "
+    print(f"  apply: nmt.text.bpe {n / t_ours_apply:,.0f} lines/s, subword-nmt {n / t_sub_apply:,.0f} lines/s "
           f"-> {t_sub_apply / t_ours_apply:.2f}x faster (target >= 3x)  [same codes for both]")
 
 

@@ -31,18 +31,15 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from nmt.bert import BertConfig  # noqa: E402
-from nmt.encoder_cache import EncoderCache  # noqa: E402
-from nmt.loss import label_smoothed_nll_loss  # noqa: E402
-from nmt.gemm import use_onednn  # noqa: E402
-from nmt.model import ModelSpec, build_model  # noqa: E402
-from nmt.vocab import Vocab  # noqa: E402
+from nmt.cpu.gemm import use_onednn
+from nmt.model.bert import BertConfig
+from nmt.model.loss import label_smoothed_nll_loss
+from nmt.model.seq2seq import ModelSpec, build_model
+from nmt.text.vocab import Vocab
+from nmt.train.encoder_cache import EncoderCache
 
 CONFIGS = ("stage2", "stage1", "stage1-cached", "hf")
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -73,7 +70,8 @@ def our_model(args, onednn: bool = True):
 
 
 def hf_model(args):
-    from transformers import BertConfig as HFConfig, BertLMHeadModel, BertModel, EncoderDecoderModel
+    from transformers import BertConfig as HFConfig
+    from transformers import BertLMHeadModel, BertModel, EncoderDecoderModel
     enc = BertModel(HFConfig(**MINILM), add_pooling_layer=False)
     dec_cfg = HFConfig(**{**MINILM, "vocab_size": args.tgt_vocab, "num_hidden_layers": args.decoder_layers},
                        is_decoder=True, add_cross_attention=True, tie_word_embeddings=False)
@@ -131,7 +129,7 @@ def make_step(name: str, args):
                 logits = model(input_ids=src, attention_mask=mask.long(), decoder_input_ids=prev,
                                decoder_attention_mask=prev.ne(Vocab.PAD).long()).logits
                 loss, _ = label_smoothed_nll_loss(logits, target)
-            else:       # as nmt.trainer: the output projection fused into the loss
+            else:       # as nmt.train.trainer: the output projection fused into the loss
                 enc = cache.gather(indices, cpu_mask).to(device, non_blocking=True) if cache is not None else None
                 loss, _ = model(src, mask, prev, encoder_out=enc, target=target)
         opt.zero_grad(set_to_none=True)

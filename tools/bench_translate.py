@@ -28,18 +28,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.allocator import keep_freed_memory  # noqa: E402
-from nmt.beam_search import beam_search, greedy_search  # noqa: E402
-from nmt.inference_linear import prepare_for_translation  # noqa: E402
-from nmt.model import ModelSpec, build_model  # noqa: E402
+from nmt.cpu.allocator import keep_freed_memory
+from nmt.cpu.inference_linear import prepare_for_translation
+from nmt.decode.beam_search import beam_search, greedy_search
+from nmt.model.seq2seq import ModelSpec, build_model
 
 H, HEADS, FFN, LAYERS, SRC_VOCAB, TGT_VOCAB = 384, 12, 1536, 6, 30522, 16000
 
 
 def ours(device, int8: bool = False):
-    from nmt.bert import BertConfig
+    from nmt.model.bert import BertConfig
     cfg = BertConfig(vocab_size=SRC_VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                      intermediate_size=FFN, max_position_embeddings=512)
     torch.manual_seed(0)
@@ -81,7 +79,7 @@ def ctranslate2_bart(hf_model, device, compute_types=("float32",)):
     src_dir = out.with_name("hf")
     hf_model.config.normalize_before = False      # older converters read this BART field; 5.x configs lack it
     hf_model.save_pretrained(src_dir)
-    from tokenizers import Tokenizer, models          # the converter needs a vocabulary: ids as words
+    from tokenizers import Tokenizer, models  # the converter needs a vocabulary: ids as words
     from transformers import PreTrainedTokenizerFast
     words = Tokenizer(models.WordLevel({str(i): i for i in range(TGT_VOCAB)}, unk_token="3"))
     PreTrainedTokenizerFast(tokenizer_object=words, unk_token="3", pad_token="0", bos_token="1",

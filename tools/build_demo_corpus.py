@@ -45,10 +45,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):                  # run as `python tools/build_demo_corpus.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.files import DEMO_DIR  # noqa: E402
+from nmt.errors import NmtError
+from nmt.files import DEMO_DIR
 
 DEFAULT_OUT = DEMO_DIR
 SEED = 1234                      # page -> split assignment
@@ -66,7 +64,7 @@ SPLITS = ("train", "dev", "test")
 HISTOGRAM_BINS = ((1, 1), (2, 2), (3, 4), (5, 9), (10, 19), (20, 39), (40, 79), (80, MAX_WORDS))
 
 
-class DemoCorpusError(ValueError):
+class DemoCorpusError(NmtError):
     """Bad input for the corpus build (missing package tree, failed download, too little data)."""
 
 

@@ -4,7 +4,7 @@
     python tools/convert_bert_checkpoint.py path/to/uncased_L-12_H-768_A-12 bert-base-uncased.pt
     python tools/convert_bert_checkpoint.py --default      # the installed all-MiniLM-L6-v2
 
-The output (format ``nmt-bert/1``, see ``nmt/pretrained.py``) holds the state dict, the config
+The output (format ``nmt-bert/1``, see ``nmt/weights/pretrained.py``) holds the state dict, the config
 and the vocabulary; it is written to a temp file and renamed into place. TF checkpoints are read
 without TensorFlow and every tensor's CRC32C is verified. Exit status 2 with ``error: ...`` on
 bad input.
@@ -16,11 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.checkpoint import CheckpointError  # noqa: E402
-from nmt.pretrained import default_bert_path, installed_package_dir, read_bert_dir, save_native  # noqa: E402
+from nmt.errors import CheckpointError
+from nmt.weights.pretrained import default_bert_path, installed_package_dir, read_bert_dir, save_native
 
 
 def convert(src, out, print_fn=print) -> str:

@@ -8,7 +8,7 @@ output, paired bootstrap significance of the difference (the paper's (+)/(−) m
 
 Default BLEU is detokenized, sacrebleu's 13a tokenizer. ``--tokenized`` scores already tokenized
 text as it is (``tokenize="none"``, like multi-bleu.perl): the number the paper's era reported on
-the Stanford pre-tokenized IWSLT references. The p-value definition is in ``nmt/evaluate.py``.
+the Stanford pre-tokenized IWSLT references. The p-value definition is in ``nmt/metrics.py``.
 With ``--checkpoint`` and ``--data`` it prints the checkpoint's loss and perplexity on a prepared
 split instead (``--split``, default ``valid``: the dev set), computed as the trainer's dev evaluation.
 Files are UTF-8, one segment per line; a leading BOM is dropped. Bad input: ``error: ...`` on
@@ -20,12 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):                  # run as `python tools/evaluate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.evaluate import (  # noqa: E402
-    EvaluationError, check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap)
-from nmt.text import read_lines  # noqa: E402
+from nmt.errors import EvaluationError, NmtError, error_line
+from nmt.metrics import check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap
+from nmt.text.lines import read_lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,14 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_segments(path: Path) -> list[str]:
-    """One segment per line (nmt.text.read_lines), with this tool's wording for a missing file."""
+    """One segment per line (nmt.text.lines.read_lines), with this tool's wording for a missing file."""
     if not path.is_file():
         raise EvaluationError(f"{path}: no such file")
     return read_lines(path)
 
 
 def run_perplexity(args: argparse.Namespace, print_fn=print) -> None:
-    from nmt.evaluate import checkpoint_perplexity
+    from nmt.train.evaluation import checkpoint_perplexity
     if args.data is None:
         raise EvaluationError("--checkpoint needs --data: the prepared data directory to evaluate on")
     result = checkpoint_perplexity(args.checkpoint, args.data, args.split, device=args.device)
@@ -106,10 +103,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except ValueError as err:       # EvaluationError and the library's (checkpoint, data) errors
-        if type(err) is ValueError:
-            raise
-        print(f"error: {err}", file=sys.stderr)
+    except (NmtError, OSError) as err:
+        print(error_line(err), file=sys.stderr)
         return 2
     return 0
 

@@ -3,7 +3,7 @@
     python tools/learn_bpe.py -i train.tok.vi -o codes.vi -s 16000
     cat train.tok.vi | python tools/learn_bpe.py -s 16000 > codes.vi
 
-The input is space-separated text (pre-tokenize raw text with nmt.pretokenize first), read as UTF-8;
+The input is space-separated text (pre-tokenize raw text with nmt.text.pretokenize first), read as UTF-8;
 words are split on U+0020 exactly as subword-nmt does. The output is a ``#version: 0.2`` codes file.
 Bad input (undecodable text, bad numbers, unreadable files) prints ``error: ...`` and exits 2.
 """
@@ -14,10 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python tools/learn_bpe.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.bpe import CODES_HEADER, BPEError, learn_bpe, read_text_lines, write_codes  # noqa: E402
+from nmt.errors import BPEError
+from nmt.text.bpe import CODES_HEADER, learn_bpe, read_text_lines, write_codes
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):                  # run as `python tools/length_report.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from nmt.errors import NmtError, error_line
 
 BUCKETS = (0, 5, 10, 20, 40, 80)               # lower edges of the source-length buckets
 
@@ -57,7 +55,8 @@ def eos_probabilities(translator, sources: Sequence[str], references: Sequence[s
                       batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-forced p(EOS) of the references: (at the true end [N], at every earlier position [M])."""
     import torch
-    from nmt.vocab import Vocab
+
+    from nmt.text.vocab import Vocab
     model, source, target = translator.model, translator.source, translator.target
     at_end, before = [], []
     with torch.no_grad():
@@ -92,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from nmt.evaluate import check_parallel
-    from nmt.text import read_lines
+    from nmt.metrics import check_parallel
+    from nmt.text.lines import read_lines
     try:
         sources = read_lines(args.src)
         references = read_lines(args.ref)
@@ -106,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         translator = None
         if args.checkpoint:
             import torch
-            from nmt.translator import Translator
+
+            from nmt.decode.translator import Translator
             if args.threads:
                 torch.set_num_threads(args.threads)
             translator = Translator.from_checkpoint(args.checkpoint)
@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             src_lengths = np.array([len(s.split()) for s in sources])
             unit = "source words"
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (NmtError, OSError) as e:
+        print(error_line(e), file=sys.stderr)
         return 2
     ref_lengths = token_lengths(references)
     if hyps is not None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from nmt.errors import NmtError
+
 METRICS = "metrics.jsonl"
 STAGE_ORDER = ("scratch", "direct", "decoder", "finetune")   # the order systems are listed and drawn in
 STAGE1 = "decoder"
@@ -36,7 +38,7 @@ EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt$")
 DEFAULT_NAME = "learning_curves.png"
 
 
-class CurveError(ValueError):
+class CurveError(NmtError):
     """Bad input: a missing path, a malformed metrics file, no run with epoch records."""
 
 

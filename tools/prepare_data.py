@@ -1,6 +1,6 @@
 """Prepare a parallel corpus for training: validate, tokenize, learn BPE, binarize.
 
-The command line over nmt/prepare.py (the format it writes: nmt/data.py)::
+The command line over nmt/data/prepare.py (the format it writes: nmt/data/binarized.py)::
 
     python tools/prepare_data.py --train-prefix ../shared/iwslt15-en-vi/tst2012 \\
         --valid-prefix ../shared/iwslt15-en-vi/tst2013 --src en --tgt vi \\
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):                  # run as `python tools/prepare_data.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.prepare import DEFAULT_BPE_MERGES, DEFAULT_MAX_LEN, prepare  # noqa: E402
-from nmt.text import MODES  # noqa: E402
+from nmt.data.prepare import DEFAULT_BPE_MERGES, DEFAULT_MAX_LEN, prepare
+from nmt.errors import NmtError, error_line
+from nmt.text.pipeline import MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bert=args.bert, lowercase=not args.cased, bpe_merges=args.bpe_merges,
                 source_bpe=args.source_bpe, source_bpe_merges=args.source_bpe_merges,
                 max_len=args.max_len, min_frequency=args.min_frequency)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (NmtError, OSError) as e:
+        print(error_line(e), file=sys.stderr)
         return 2
     return 0
 

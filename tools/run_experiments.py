@@ -26,7 +26,7 @@ Systems (Tables 3 and 5 of the paper), each trained in its own run directory ``O
   fine-tuning LR; "until convergence" is the ``finetune`` row at that LR.
 
 Every system is evaluated with its best checkpoint (chosen by dev loss only; test sets are never
-used for a choice): dev perplexity (nmt.evaluate.checkpoint_perplexity), beam search of every test
+used for a choice): dev perplexity (nmt.train.evaluation.checkpoint_perplexity), beam search of every test
 split (and the dev set) from the original text files named in the data directory's meta.json, BLEU
 (sacrebleu 13a on the output as translate.py writes it, and tokenize "none": the paper-era
 tokenized BLEU on pre-tokenized references such as the Stanford IWSLT files), chrF, and paired
@@ -50,13 +50,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-if __package__ in (None, ""):                  # run as `python tools/run_experiments.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nmt.config import (DEMO_PAIRS, DEMO_PRESET, TrainConfig, arch_preset, demo_bpe_merges,  # noqa: E402
-                        demo_data_dir, demo_preset)
-from nmt.files import atomic_write, demo_name, experiment_dir  # noqa: E402
-from nmt.model import ARCHS  # noqa: E402
+from nmt.errors import DivergedError, NmtError, error_line
+from nmt.files import atomic_write, demo_name, experiment_dir
+from nmt.model.seq2seq import ARCHS
+from nmt.train.config import (
+    DEMO_PAIRS,
+    DEMO_PRESET,
+    TrainConfig,
+    arch_preset,
+    demo_bpe_merges,
+    demo_data_dir,
+    demo_preset,
+)
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
 DEFAULT_TABLE4_EPOCHS = "0,1,3"                # + "until convergence" (the main fine-tuning run)
@@ -65,7 +70,7 @@ FROM_SCRATCH = ("transformer", "control", "converged")   # groups trained from s
 STAGE1 = "decoder"                             # the stage-1 system's name (and its stage)
 
 
-class ExperimentError(ValueError):
+class ExperimentError(NmtError):
     """Bad input to the experiment runner (data, systems, options)."""
 
 
@@ -153,7 +158,7 @@ def raw_prefix(path: str, lang: str) -> str:
 
 
 def test_splits(data_dir: Path) -> list[str]:
-    from nmt.data import read_meta
+    from nmt.data.binarized import read_meta
     splits = read_meta(data_dir).get("splits", {})
     if "valid" not in splits:
         raise ExperimentError(f"{data_dir}: no dev split 'valid' (has {', '.join(sorted(splits))}); prepare the data "
@@ -168,8 +173,8 @@ def test_splits(data_dir: Path) -> list[str]:
 def prepare_baseline_data(data_dir: Path, out: Path, print_fn) -> Path:
     """The Transformer baseline's data: the same text files and target BPE settings as ``data_dir``,
     with a source BPE instead of BERT's WordPiece (prepared once; reused when the inputs are unchanged)."""
-    from nmt.data import read_meta
-    from nmt.prepare import prepare
+    from nmt.data.binarized import read_meta
+    from nmt.data.prepare import prepare
     settings = read_meta(data_dir).get("settings", {})
     inputs, src, tgt = settings.get("inputs", {}), settings.get("src"), settings.get("tgt")
     if "train" not in inputs or not src or not tgt:
@@ -200,7 +205,7 @@ def metrics_records(stage_out: Path) -> list[dict]:
 def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
     """Train one run to the end (or continue it); returns its train.json record. A finished run
     (train.json present) is not trained again."""
-    from nmt.trainer import setup
+    from nmt.train.trainer import setup
     stage_out = run_dir / cfg.stage
     record_path = stage_out / "train.json"
     if record_path.is_file():
@@ -215,9 +220,7 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         trainer = setup(cfg, print_fn=print_fn)
         why = trainer.fit()
         record = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step}
-    except ValueError as e:
-        if "non-finite" not in str(e):          # diverged: a result of the study, not an input error
-            raise
+    except DivergedError as e:                  # a result of the study, not an input error
         record = {"stop": "diverged", "error": str(e)}
     finally:
         stage_out.mkdir(parents=True, exist_ok=True)
@@ -241,9 +244,10 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
 
 def evaluate(checkpoint: Path, data_dir: Path, splits: Sequence[str], out_dir: Path, args, print_fn) -> dict:
     """Dev perplexity, and for each split: translations (written to OUT/NAME/SPLIT.hyp), BLEU, chrF."""
-    from nmt.evaluate import checkpoint_perplexity, corpus_bleu, corpus_chrf
-    from nmt.text import split_text
-    from nmt.translator import Translator
+    from nmt.data.binarized import split_text
+    from nmt.decode.translator import Translator
+    from nmt.metrics import corpus_bleu, corpus_chrf
+    from nmt.train.evaluation import checkpoint_perplexity
     dev = checkpoint_perplexity(checkpoint, data_dir, "valid", device=args.device)
     translator = Translator.from_checkpoint(checkpoint, args.device)
     scores = {}
@@ -259,7 +263,7 @@ def evaluate(checkpoint: Path, data_dir: Path, splits: Sequence[str], out_dir: P
                                        progress=progress)
         if progress is not None:
             progress.close()
-        hyps = [r[0][0] for r in results]
+        hyps = [r.text for r in results]
         (out_dir / f"{split}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         bleu, signature = corpus_bleu(hyps, ref, "13a")
         tok_bleu, tok_signature = corpus_bleu(hyps, ref, "none")
@@ -416,8 +420,9 @@ class Experiment:
     def significance_marks(self, results: dict[str, dict], tests: list[str]) -> dict[tuple[str, str, str], str]:
         """(system, test split, "bleu" | "tok_bleu") -> "(+)", "(−)" or "": a paired bootstrap test of
         every finished system against the Transformer baseline (none without a finished baseline)."""
-        from nmt.evaluate import paired_bootstrap
-        from nmt.text import read_lines, split_text
+        from nmt.data.binarized import split_text
+        from nmt.metrics import paired_bootstrap
+        from nmt.text.lines import read_lines
         if results.get("transformer", {}).get("status") != "ok":
             return {}
 
@@ -438,7 +443,7 @@ class Experiment:
 
     def tables(self) -> str:
         """results.md: the paper's Tables 3/5 and 4 from the systems' result.json files."""
-        from nmt.text import split_text
+        from nmt.data.binarized import split_text
         results = self.load_results()
         tests = test_splits(self.data)
         names = {t: split_text(self.data, t)[2] for t in tests}
@@ -524,7 +529,7 @@ class Experiment:
 
 def parse_max_epochs(text: str | None) -> dict:
     """--max-epochs "3,decoder=8" -> {None: 3, "decoder": 8} (None: every stage)."""
-    from nmt.model import STAGES
+    from nmt.model.seq2seq import STAGES
     out: dict = {}
     for item in (text or "").replace(" ", "").split(","):
         if not item:
@@ -539,7 +544,7 @@ def parse_max_epochs(text: str | None) -> dict:
 
 def parse_set(items: Sequence[str]) -> dict:
     """--set KEY=VALUE (TrainConfig fields, e.g. decoder_layers=3) with the field's type."""
-    from nmt.config import parse_optional
+    from nmt.train.config import parse_optional
     types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out = {}
     for item in items:
@@ -608,8 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     """Validate the arguments, prepare the data if needed, and plan the runs."""
-    from nmt.data import read_meta
-    from nmt.prepare import prepare_demo
+    from nmt.data.binarized import read_meta
+    from nmt.data.prepare import prepare_demo
     finetune_lrs = parse_list(args.finetune_lrs, float, "--finetune-lrs")
     table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
     demo = args.data is None
@@ -651,7 +656,7 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from nmt.trainer import resolve_device
+    from nmt.train.trainer import resolve_device
     args.device = str(resolve_device(args.device))     # one device for training and decoding
     scratch_archs = sorted({s.arch for s in selected if s.group in FROM_SCRATCH})
     baselines: dict[str, Path] = {}
@@ -674,7 +679,7 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
         baselines = dict.fromkeys(scratch_archs, baseline)
     tests = test_splits(data)
     for baseline in sorted(set(baselines.values())):
-        from nmt.text import split_text
+        from nmt.data.binarized import split_text
         if read_meta(baseline).get("source", {}).get("kind") != "bpe":
             raise ExperimentError(f"{baseline}: not source-BPE data (prepare it with tools/prepare_data.py --source-bpe)")
         if test_splits(baseline) != tests:
@@ -700,10 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiment = make_experiment(args)
         experiment.log(f"experiment in {experiment.out}: systems {', '.join(s.name for s in experiment.selected)}")
         experiment.run()
-    except ValueError as e:        # ExperimentError and the library's errors (data, config, checkpoint)
-        if type(e) is ValueError:
-            raise
-        print(f"error: {e}", file=sys.stderr)
+    except (NmtError, OSError) as e:     # ExperimentError, the library's errors, the disk
+        print(error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)

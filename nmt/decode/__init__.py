@@ -1,0 +1,3 @@
+"""Decoding: batched beam search with a length penalty, the Translator API, and the dev-set choice of
+the length penalty.
+"""

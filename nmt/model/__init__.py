@@ -1,0 +1,3 @@
+"""The network (paper 3.1): the BERT encoder, the Transformer decoder, the baselines' encoder, the
+Seq2Seq model that joins them, and the label-smoothed loss.
+"""

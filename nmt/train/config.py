@@ -1,0 +1,308 @@
+"""Training configuration: one dataclass, a comment per field; the CLI flags are made from it.
+
+Defaults are the paper's Table 2 (Imamura & Sumita 2019): batches of ~500 sentences, Adam with
+betas (0.9, 0.99), peak LR 4e-4 (8e-5 for fine-tuning), linear warm-up for 5 epochs then inverse
+square-root decay, label smoothing 0.1, dropout 0.15. Each field is declared with its ``--help`` text
+(:func:`flag`: the dataclass field's metadata), so there is one place to document a field:
+
+>>> parser = build_parser()
+>>> cfg = config_from_args(parser.parse_args(["--stage", "finetune", "--max-epochs", "3"]))
+>>> cfg.stage, cfg.max_epochs, cfg.peak_lr(), cfg.adam_betas
+('finetune', 3, 8e-05, (0.9, 0.99))
+>>> FIELD_HELP["label_smoothing"]
+'label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per wrong class)'
+
+With no data arguments train.py trains on the embedded demo corpus; the demo's own settings are
+the explicit :data:`DEMO_PRESET`, applied over the defaults for every field the user did not set.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from nmt.decode.length_penalty import parse_grid
+from nmt.errors import ConfigError
+from nmt.files import data_dir, demo_name, run_dir
+from nmt.model.seq2seq import ARCHS, STAGES
+
+DEMO_PAIRS = ("en-de", "en-vi")
+
+
+def flag(default, help: str):
+    """A TrainConfig field: its default and its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train
+    stage: str = flag("decoder", "decoder (stage 1: frozen BERT) | finetune (stage 2) | direct (BERT + new decoder "
+                                 "end to end) | scratch (Transformer baselines)")
+    arch: str = flag("bert", "bert | transformer-base | transformer-bert-size | transformer-minilm-size | transformer-small (the baselines "
+                             "train with --stage scratch)")
+    data: str | None = flag(None, "prepared data directory (tools/prepare_data.py); none: the embedded demo corpus")
+    pair: str = flag("en-de", "demo direction when --data is not given: en-de or en-vi")
+    bert: str | None = flag(None, "BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2")
+    init: str | None = flag(None, "finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt")
+    run_dir: str | None = flag(None, "run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH "
+                                     "for baselines)")
+    resume: bool = flag(False, "continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, "
+                               "data position)")
+    epoch_checkpoints: str | None = flag(None, 'also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" '
+                                               "(fine-tuning after N epochs of stage 1, the paper's Table 4)")
+    # ---- optimisation (paper, Table 2)
+    lr: float | None = flag(None, "peak learning rate; none: --train-lr (--finetune-lr for stage finetune)")
+    train_lr: float = flag(4e-4, "peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)")
+    finetune_lr: float = flag(8e-5, "peak LR of stage finetune when --lr is not given (paper: 8e-5)")
+    warmup_epochs: float | None = flag(None, "linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4")
+    warmup_reference: float = flag(5.0, "warm-up epochs at LR 4e-4 that other LRs scale from (paper: 5, so finetune "
+                                        "at 8e-5 gets 1)")
+    warmup_steps: int | None = flag(None, "linear warm-up in updates (overrides --warmup-epochs)")
+    adam_beta1: float = flag(0.9, "Adam beta1")
+    adam_beta2: float = flag(0.99, "Adam beta2 (paper: 0.99)")
+    adam_eps: float = flag(1e-8, "Adam epsilon")
+    weight_decay: float = flag(0.0, "Adam weight decay (L2; the paper uses none)")
+    clip_norm: float = flag(0.0, "clip the gradient norm to this (0: off, fairseq's default)")
+    label_smoothing: float = flag(0.1, "label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per "
+                                       "wrong class)")
+    dropout: float = flag(0.15, "decoder (and baseline encoder) dropout (paper: 0.15)")
+    encoder_dropout: float | None = flag(None, "BERT hidden dropout in finetune/direct; none: BERT's own (0.1)")
+    decoder_layers: int = flag(6, "decoder layers (paper: 6); width and heads follow the encoder")
+    # ---- batches and stopping
+    max_sentences: int = flag(500, "sentences per batch (paper: ~500), length-bucketed: on average with --batching "
+                                   "tokens, exactly with sentences")
+    batching: str = flag("tokens", "tokens: every batch holds about max_sentences x the mean padded length in "
+                                   "tokens, so every update sees the same number of target tokens (fairseq's "
+                                   "--max-tokens) | sentences: exactly max_sentences per batch (then a token of a "
+                                   "short segment weighs more: the loss is a per-batch token mean)")
+    max_tokens: int | None = flag(None, "also cap padded tokens per batch (B x longest side); none: no cap")
+    max_epochs: int = flag(100, "stop after this many epochs")
+    patience: int = flag(3, "stop when the dev loss has not improved for this many epochs")
+    dev_bleu: bool = flag(False, "after each epoch also translate the dev set (greedy search) and log its BLEU")
+    lenpen_grid: str = flag("", "after the stage, translate the dev set (beam 10) with each of these length "
+                                "penalties, e.g. 1.0,1.2,1.5,2.0, and store the best by BLEU in checkpoint_best.pt "
+                                "as translate.py's default (nmt/decode/length_penalty.py); empty: off (1.0)")
+    max_steps: int | None = flag(None, "stop after this many updates in total (tests, benchmarks)")
+    max_cpu_minutes: float | None = flag(None, "stop after the epoch in which this stage's process CPU time (encoder "
+                                               "cache, updates, dev loss) reaches this; compute-matched baselines")
+    seed: int = flag(1, "seed for initialisation, dropout and batch shuffling")
+    # ---- speed
+    encoder_cache: str = flag("auto", "decoder stage: cache encoder outputs: auto | memory | disk | off")
+    cache_dtype: str = flag("float16", "encoder cache precision: float16 (half the memory) | float32 (exact)")
+    cache_max_gb: float = flag(4.0, "auto: largest in-memory cache (GB); larger ones go to disk in the run directory")
+    device: str = flag("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    amp: str = flag("off", "CUDA autocast dtype: off | bfloat16 | float16")
+    threads: int = flag(0, "torch CPU threads (0: torch's default)")
+    progress: bool = flag(True, "show a tqdm bar per epoch")
+
+    def peak_lr(self) -> float:
+        """--lr, else the stage's: --finetune-lr (paper: 8e-5) for fine-tuning, --train-lr (4e-4) otherwise."""
+        if self.lr is not None:
+            return self.lr
+        return self.finetune_lr if self.stage == "finetune" else self.train_lr
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        return (self.adam_beta1, self.adam_beta2)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError for an unknown stage/arch or an impossible combination."""
+        if self.stage not in STAGES:
+            raise ConfigError(f"unknown --stage {self.stage!r}; expected one of {', '.join(STAGES)}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown --arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        if (self.arch == "bert") == (self.stage == "scratch"):
+            raise ConfigError(f"--stage {self.stage} does not go with --arch {self.arch}: BERT trains with "
+                              f"--stage decoder/finetune/direct, the Transformer baselines with --stage scratch")
+        if self.data is None and self.pair not in DEMO_PAIRS:
+            raise ConfigError(f"unknown demo --pair {self.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
+        if self.batching not in ("tokens", "sentences"):
+            raise ConfigError(f"unknown --batching {self.batching!r}; expected tokens or sentences")
+        if self.encoder_cache not in ("auto", "memory", "disk", "off"):
+            raise ConfigError(f"unknown --encoder-cache {self.encoder_cache!r}; expected auto, memory, disk or off")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ConfigError(f"unknown --cache-dtype {self.cache_dtype!r}; expected float16 or float32")
+        if self.amp not in ("off", "bfloat16", "float16"):
+            raise ConfigError(f"unknown --amp {self.amp!r}; expected off, bfloat16 or float16")
+        positive = {"max_sentences": self.max_sentences, "max_epochs": self.max_epochs, "patience": self.patience,
+                    "decoder_layers": self.decoder_layers}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.max_cpu_minutes is not None and not self.max_cpu_minutes > 0:
+            raise ConfigError(f"--max-cpu-minutes must be positive, got {self.max_cpu_minutes}")
+        for name in ("max_tokens", "max_steps", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if (self.warmup_epochs is not None and self.warmup_epochs < 0) or not self.warmup_reference > 0:
+            raise ConfigError("--warmup-epochs must be >= 0 and --warmup-reference > 0")
+        for name in ("lr", "train_lr", "finetune_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError("--label-smoothing and --dropout must be in [0, 1)")
+        self.kept_epochs()
+        try:
+            grid = parse_grid(self.lenpen_grid)
+        except ValueError as e:
+            raise ConfigError(f"--lenpen-grid: {e}") from None
+        if any(not 0 <= x <= 5 for x in grid):
+            raise ConfigError(f"--lenpen-grid {self.lenpen_grid!r}: length penalties must be in [0, 5]")
+        return self
+
+    def kept_epochs(self) -> set[int]:
+        """The epochs listed in --epoch-checkpoints ("1,3" -> {1, 3})."""
+        text = (self.epoch_checkpoints or "").replace(" ", "")
+        try:
+            epochs = {int(x) for x in text.split(",") if x}
+        except ValueError:
+            epochs = {0}
+        if any(e < 1 for e in epochs):
+            raise ConfigError(f"--epoch-checkpoints {self.epoch_checkpoints!r}: expected epoch numbers >= 1 "
+                              f"separated by commas, e.g. 1,3")
+        return epochs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild from a checkpoint's "config"; keys of other versions are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The embedded demo's settings (train.py with no --data): the best model 2 CPU cores can train in
+# ~20 minutes per stage (README: measured); printed at start. Data preparation settings for the
+# demo live here too.
+DEMO_PRESET: dict = {
+    "max_sentences": 64,       # small corpus: more, smaller updates per epoch (~64 sentences on average)
+    "train_lr": 1e-3,          # stage 1 learns ~2x faster per update than at 4e-4 (dev PPL 54 vs 108 after epoch 1 of En->Vi)
+    "finetune_lr": 4e-4,       # chosen on the dev sets among the paper's 8e-5 / 4e-4 / 2e-5 (dev BLEU, beam 10:
+                               # En->Vi 23.44 / 29.79 / 20.60, En->De 18.13 / 24.28 / 14.50): 1-2 epochs at 8e-5
+                               # barely move BERT; the paper's divergence at 4e-4 came with 100K+ pairs and more epochs
+    "warmup_reference": 0.4,   # warm-up 1 epoch at 1e-3 (0.08 for fine-tuning at 8e-5); 5 would be most of a short run
+    "patience": 2,
+    "decoder_layers": 3,       # a lighter decoder trains faster on CPU
+    "dev_bleu": True,          # greedy dev BLEU after every epoch (a few seconds to a minute)
+    "lenpen_grid": "1.0,1.2,1.5,2.0",  # after each stage: translate.py's default length penalty, by dev BLEU
+                               # (short runs end sentences early at 1.0: dev length ratio 0.86-0.95 after stage 2)
+}
+# epochs per stage. En->De stage 1 (README command 1): as many as fit its ~25-minute budget on 2 CPU
+# cores (set-up + 3 epochs took 10.9 minutes with the oneDNN kernels, dev BLEU still rising ~3.5 per epoch);
+# En->Vi: about the updates of the earlier 3-epoch En->De run (2.4x fewer pairs)
+DEMO_EPOCHS: dict = {"en-de": {"decoder": 6, "finetune": 1}, "en-vi": {"decoder": 6, "finetune": 2}}
+
+
+def demo_preset(pair: str, stage: str = "decoder") -> dict:
+    """DEMO_PRESET with the pair's epoch cap for the stage (direct runs as long as fine-tuning)."""
+    epochs = DEMO_EPOCHS.get(pair, DEMO_EPOCHS["en-de"])
+    return {**DEMO_PRESET, "max_epochs": epochs.get(stage, epochs["finetune"])}
+
+
+DEMO_BPE_MERGES = 8000         # target BPE merges for the demo corpus (the paper's 16K is for 100K+ pairs)
+
+# The Transformer baseline for small corpora (--arch transformer-small; the demo's baseline): the
+# low-resource recipe of Sennrich & Zhang (2019) and Araabi & Monz (2020) -- a narrow, shallow model
+# (nmt/model/transformer_encoder.py), strong dropout, a smaller BPE vocabulary, many epochs -- where
+# transformer-base (51M parameters) barely starts to learn in the same time. Applied under the
+# flags the user gives, like the demo preset.
+LOW_RESOURCE_BASELINE: dict = {
+    "dropout": 0.3,            # Sennrich & Zhang: aggressive dropout is the largest single gain on small data
+    "lr": 1e-3,                # a small post-norm model tolerates (and needs, for short runs) a larger LR
+    "warmup_epochs": 1.0,
+    "max_epochs": 100,         # many cheap epochs; bounded by early stopping or --max-cpu-minutes
+    "patience": 10,            # a from-scratch model's dev loss plateaus for a few epochs before it reads the
+                               # source; the demo's patience 2 stopped one such run at epoch 7 of a 30-epoch budget
+}
+LOW_RESOURCE_BPE_MERGES = 4000  # the baseline's source and target BPE merges on the demo corpus
+
+
+# The demo's control, the demo BERT's shape trained from scratch (--arch transformer-minilm-size): the
+# same low-resource recipe, at fairseq's IWSLT Transformer LR for a 6+6-layer post-norm model.
+LOW_RESOURCE_CONTROL: dict = {**LOW_RESOURCE_BASELINE, "lr": 5e-4}
+
+
+def arch_preset(arch: str) -> dict:
+    """Training settings that belong to a baseline architecture (empty for the others)."""
+    return dict({"transformer-small": LOW_RESOURCE_BASELINE, "transformer-minilm-size": LOW_RESOURCE_CONTROL}.get(arch, {}))
+
+
+def demo_bpe_merges(arch: str = "bert") -> int:
+    return LOW_RESOURCE_BPE_MERGES if arch == "transformer-small" else DEMO_BPE_MERGES
+
+
+FIELD_HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}     # field name -> its --help text
+
+
+def parse_optional(kind):
+    """An argparse type for an optional value: "none" or "" is None, anything else ``kind(text)``."""
+    def parse(text: str):
+        return None if text.lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse flags generated from TrainConfig; every default is None so that the flags the user
+    actually gave can be told apart (the demo preset only fills the others)."""
+    p = argparse.ArgumentParser(description="Train a BERT-encoder NMT model (Imamura & Sumita 2019) or a baseline.")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = FIELD_HELP.get(f.name, "") + (f" (default: {default})" if default is not None else "")
+        help_text = help_text.replace("%", "%%")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+        p.add_argument(flag, dest=f.name, type=parse_optional(kind) if "None" in str(f.type) else kind,
+                       default=None, metavar=f.name.upper(), help=help_text)
+    return p
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The options the user set on the command line."""
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def config_from_args(args: argparse.Namespace, preset: dict | None = None) -> TrainConfig:
+    """TrainConfig from parsed flags: defaults < preset < flags given. Not validated yet.
+
+    A baseline ``--arch transformer-*`` without ``--stage`` trains with stage "scratch".
+    """
+    given = given_options(args)
+    values = {**(preset or {}), **given}
+    values["stage"] = implied_stage(given.get("stage"), values.get("arch", "bert"))
+    return dataclasses.replace(TrainConfig(), **values)
+
+
+def implied_stage(stage: str | None, arch: str) -> str:
+    """--stage as given, else "decoder" for BERT and "scratch" for the baselines.
+
+    >>> implied_stage(None, "transformer-small"), implied_stage(None, "bert"), implied_stage("finetune", "bert")
+    ('scratch', 'decoder', 'finetune')
+    """
+    return stage or ("decoder" if arch == "bert" else "scratch")
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """checkpoints/demo-en-de, checkpoints/iwslt15-en-vi, checkpoints/demo-en-de-transformer-base, ..."""
+    if cfg.run_dir is not None:
+        return Path(cfg.run_dir)
+    return run_dir(demo_name(cfg.pair) if cfg.data is None else Path(cfg.data).resolve().name, cfg.arch)
+
+
+def demo_data_dir(pair: str, arch: str = "bert") -> Path:
+    """Cache of the prepared demo corpus (prepared once by nmt.data.prepare.prepare_demo):
+    demo-en-de (BERT), demo-en-de-source-bpe (transformer-base), demo-en-de-source-bpe4000 (small)."""
+    name = demo_name(pair)
+    if arch != "bert":
+        merges = demo_bpe_merges(arch)
+        name += "-source-bpe" + ("" if merges == DEMO_BPE_MERGES else str(merges))
+    return data_dir(name)

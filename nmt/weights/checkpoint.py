@@ -1,0 +1,157 @@
+"""Training checkpoints: one self-contained file per snapshot, written atomically.
+
+A checkpoint holds everything needed to continue training exactly (``--resume``) and to translate
+without any other file. It contains only tensors, dicts, lists, str, int, float, bool and None, so
+it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
+
+    format          "nmt-checkpoint/1"
+    stage           "decoder" | "finetune" | "direct" | "scratch"
+    model_spec      ModelSpec.to_dict()           (nmt/model/seq2seq.py: rebuilds the network)
+    model           the model's state dict
+    source, target  SourcePipeline / TargetPipeline .to_dict() (the vocabularies, BPE codes)
+    config          TrainConfig.to_dict()
+    optimizer       the optimizer's state dict
+    schedule        {"peak_lr", "warmup_steps"}   (nmt/train/schedule.py: the LR is a function of "step")
+    step            updates done; "epoch" (0-based, the epoch in progress) and "batch_in_epoch"
+                    (batches of that epoch already done) locate the data position
+    best_dev_loss, bad_epochs   early-stopping state
+    rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    world_size      processes of the data-parallel run that wrote it (absent: 1); resuming with
+                    another number continues at the same fraction of the epoch (nmt/train/trainer.py)
+    decoding        optional, in checkpoint_best.pt: {"lenpen", ...}, the length penalty chosen on
+                    the dev set after training (nmt/decode/length_penalty.py); absent: translate with 1.0
+
+A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, ``direct/``,
+``scratch/``), each with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
+
+>>> import tempfile
+>>> path = Path(tempfile.mkdtemp()) / "checkpoint_last.pt"
+>>> save_checkpoint(path, {"format": FORMAT, "step": 3, "w": torch.ones(2)})
+>>> load_checkpoint(path, required=("step",))["step"]
+3
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from nmt.errors import CheckpointError
+from nmt.files import atomic_write
+from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
+
+if TYPE_CHECKING:
+    from nmt.text.pipeline import SourcePipeline, TargetPipeline
+
+FORMAT = "nmt-checkpoint/1"
+STAGE_DIRS = ("finetune", "decoder", "direct", "scratch")     # preference order for translation
+REQUIRED_FOR_TRANSLATION = ("model_spec", "model", "source", "target")
+REQUIRED_FOR_RESUME = REQUIRED_FOR_TRANSLATION + ("stage", "config", "optimizer", "schedule", "step", "epoch",
+                                                  "batch_in_epoch", "best_dev_loss", "bad_epochs", "rng")
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, fsync, rename.
+
+    A crash (or Ctrl-C) while writing leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_TRANSLATION,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a checkpoint (weights_only: no code is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:     # noqa: BLE001 -- a damaged file makes torch.load raise almost anything
+        msg = str(e).split("\n")[0][:200]
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint, cannot be read ({type(e).__name__}: "
+                              f"{msg}); use another checkpoint (checkpoint_best.pt / checkpoint_last.pt)") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not an nmt checkpoint (no 'format' key)")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, expected {FORMAT!r} "
+                              f"(written by another version of nmt?)")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing} (a partial or foreign checkpoint)")
+    return state
+
+
+def update_checkpoint(path: str | Path, **entries) -> None:
+    """Set top-level keys of a saved checkpoint (e.g. ``decoding=...``), rewriting it atomically."""
+    state = load_checkpoint(path, required=())
+    state.update(entries)
+    save_checkpoint(path, state)
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
+                          encoder_dropout: float | None = None) -> tuple[Seq2Seq, ModelSpec]:
+    """The network a loaded checkpoint describes, with its weights; ``encoder_dropout`` replaces
+    BERT's hidden dropout (fine-tuning with --encoder-dropout)."""
+    spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
+    if encoder_dropout is not None and spec.bert_config:
+        spec.bert_config = {**spec.bert_config, "hidden_dropout_prob": encoder_dropout}
+    model = build_model(spec)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
+    return model, spec
+
+
+def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,
+                       data_dir: Path) -> None:
+    """A checkpoint can only continue on (or be scored on) data encoded with the same source and
+    target vocabularies."""
+    for side, pipeline in (("source", source), ("target", target)):
+        theirs = list(ckpt[side].get("vocab", []))
+        ours = list(pipeline.vocab_tokens if side == "source" else pipeline.vocab.symbols)
+        if theirs != ours:
+            diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+            raise CheckpointError(f"{ckpt_path}: its {side} vocabulary ({len(theirs)} entries) differs from the data's "
+                                  f"in {data_dir} ({len(ours)} entries; first difference at id {diff}); use the data "
+                                  f"directory the checkpoint was trained on")
+
+
+def rng_state() -> dict:
+    """The torch RNG states (CPU and every CUDA device) as tensors."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """RUN_DIR/STAGE: where one stage's checkpoints and metrics go."""
+    return Path(run_dir) / stage
+
+
+def best_checkpoint_path(run_dir: str | Path) -> Path:
+    """The checkpoint translate.py should use by default for a run directory: the fine-tuned best
+    if it exists, else the stage-1 (decoder) best, else direct, else scratch (baselines).
+
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "decoder").mkdir(); (run / "decoder" / "checkpoint_best.pt").touch()
+    >>> best_checkpoint_path(run).relative_to(run).as_posix()
+    'decoder/checkpoint_best.pt'
+    """
+    run_dir = Path(run_dir)
+    candidates = [stage_dir(run_dir, s) / "checkpoint_best.pt" for s in STAGE_DIRS]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise CheckpointError(f"{run_dir}: no trained model found (looked for "
+                          f"{', '.join(str(c.relative_to(run_dir)) for c in candidates)}); train one with train.py")
