@@ -25,28 +25,23 @@ from typing import Sequence
 
 from nmt.errors import NmtError, error_line
 from nmt.train.config import (
-    arch_preset,
     build_parser,
-    config_from_args,
+    compose_config,
     demo_bpe_merges,
-    demo_preset,
     given_options,
-    implied_stage,
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    demo = given_options(args).get("data") is None
-    arch = args.arch or "bert"
-    preset = {**(demo_preset(args.pair or "en-de", implied_stage(args.stage, arch)) if demo else {}),
-              **arch_preset(arch)}
-    cfg = config_from_args(args, preset=preset)
+    given = given_options(args)
+    demo = given.get("data") is None
+    cfg, preset = compose_config(given)
     from nmt.train.distributed import launched_by_torchrun
     where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)
     if demo and os.environ.get("RANK", "0") == "0":
-        overridden = [k for k in preset if k in given_options(args)]
+        overridden = [k for k in preset if k in given]
         listing = ", ".join(f"{k}={v}" for k, v in preset.items() if k not in overridden)
         print(f"no --data: training on the embedded demo corpus ({cfg.pair}); demo preset: {listing}, "
               f"BPE merges {demo_bpe_merges(cfg.arch)}"

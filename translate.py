@@ -26,9 +26,8 @@ import torch
 from nmt.cpu.allocator import keep_freed_memory
 from nmt.decode.translator import Translator
 from nmt.errors import NmtError, TranslateError, error_line
-from nmt.files import demo_name, run_dir
+from nmt.files import DEMO_PAIRS, demo_name, run_dir
 from nmt.text.lines import decode_lines, read_lines
-from nmt.train.config import DEMO_PAIRS
 
 DEFAULT_RUN = run_dir(demo_name("en-de"))     # the demo run directory (train.py's default)
 

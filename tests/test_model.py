@@ -4,7 +4,13 @@ import torch
 
 from nmt.errors import ModelSpecError
 from nmt.model.loss import label_smoothed_nll_loss
-from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
+from nmt.model.seq2seq import (
+    ModelSpec,
+    Seq2Seq,
+    build_model,
+    count_parameters,
+    format_parameter_counts,
+)
 from nmt.model.transformer_encoder import TransformerEncoder
 from nmt.text.vocab import Vocab
 

@@ -1,6 +1,7 @@
 """tools/prepare_data.py on the real IWSLT15 En-Vi files, and on broken input."""
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -180,7 +181,8 @@ def test_cli_runs_as_a_script(tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "tools" / "prepare_data.py"), "--train-prefix", str(prefix),
                           "--src", "en", "--tgt", "vi", "--target-mode", "tokenized", "--bpe-merges", "10",
                           "--bert", str(require_path(SHARED_BERT_TF / "vocab.txt")), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, cwd=tmp_path)
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})     # as after `pip install -e .`
     assert run.returncode == 0, run.stderr
     assert "train           2     2" in run.stdout and (tmp_path / "o" / "meta.json").is_file()
 

@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 
 from nmt.text.bpe import BPE, learn_bpe, remove_bpe
-from nmt.text.pretokenize import ESCAPED_JOINER, JOINER, detokenize, split_tokens, tokenize
+from nmt.text.pretokenize import (
+    ESCAPED_JOINER,
+    JOINER,
+    detokenize,
+    split_tokens,
+    tokenize,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

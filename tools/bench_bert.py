@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 
 from nmt.files import REPO
-from nmt.weights.pretrained import build_encoder, installed_package_dir, read_bert_dir, save_native
+from nmt.weights.pretrained import (
+    build_encoder,
+    installed_package_dir,
+    read_bert_dir,
+    save_native,
+)
 from nmt.weights.tf_checkpoint import crc32c
 
 TF_DIR = REPO.parent / "shared" / "bert" / "minilm-l6-h384-uncased-tf"

@@ -79,7 +79,10 @@ def ctranslate2_bart(hf_model, device, compute_types=("float32",)):
     src_dir = out.with_name("hf")
     hf_model.config.normalize_before = False      # older converters read this BART field; 5.x configs lack it
     hf_model.save_pretrained(src_dir)
-    from tokenizers import Tokenizer, models  # the converter needs a vocabulary: ids as words
+    from tokenizers import (  # the converter needs a vocabulary: ids as words
+        Tokenizer,
+        models,
+    )
     from transformers import PreTrainedTokenizerFast
     words = Tokenizer(models.WordLevel({str(i): i for i in range(TGT_VOCAB)}, unk_token="3"))
     PreTrainedTokenizerFast(tokenizer_object=words, unk_token="3", pad_token="0", bos_token="1",

@@ -17,7 +17,12 @@ import time
 from pathlib import Path
 
 from nmt.errors import CheckpointError
-from nmt.weights.pretrained import default_bert_path, installed_package_dir, read_bert_dir, save_native
+from nmt.weights.pretrained import (
+    default_bert_path,
+    installed_package_dir,
+    read_bert_dir,
+    save_native,
+)
 
 
 def convert(src, out, print_fn=print) -> str:

@@ -51,16 +51,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nmt.errors import DivergedError, NmtError, error_line
-from nmt.files import atomic_write, demo_name, experiment_dir
+from nmt.files import DEMO_PAIRS, atomic_write, demo_name, experiment_dir
 from nmt.model.seq2seq import ARCHS
 from nmt.train.config import (
-    DEMO_PAIRS,
-    DEMO_PRESET,
     TrainConfig,
     arch_preset,
+    compose_config,
     demo_bpe_merges,
     demo_data_dir,
-    demo_preset,
 )
 
 DEFAULT_FINETUNE_LRS = "8e-5,4e-4,2e-5"       # the paper's best first; 4e-4 diverged in the paper
@@ -286,12 +284,12 @@ class Experiment:
     out: Path
     data: Path                  # BERT (WordPiece source) data
     baseline_data: dict[str, Path]  # from-scratch arch -> its source-BPE data
-    base: TrainConfig           # settings shared by every run
+    demo: bool                  # the embedded demo corpus (its preset applies under the given values)
+    given: dict                 # TrainConfig values every run shares: the user's and the study's
     systems: list[System]       # the whole study, table order
     selected: list[System]      # what this invocation runs
     args: argparse.Namespace
     stage_epochs: dict[str, int]  # --max-epochs STAGE=N
-    user_keys: set[str]         # TrainConfig fields set on the command line (they beat the baseline recipe)
     print_fn: Callable[[str], None] = print
 
     def log(self, msg: str) -> None:
@@ -302,15 +300,16 @@ class Experiment:
     def run_dir(self, name: str) -> Path:
         return self.out / name
 
-    def config_for(self, system: System) -> TrainConfig:
-        cfg = dataclasses.replace(self.base, stage=system.stage, lr=system.lr,
-                                  max_epochs=self.stage_epochs.get(system.stage, self.base.max_epochs))
+    def config_for(self, system: System, budget: bool = True) -> TrainConfig:
+        """The system's TrainConfig: nmt.train.config.compose_config (defaults < demo preset < the
+        architecture's recipe < the given values) with the study's stage, architecture, LR, data and
+        epochs per stage; ``budget``: the matched CPU budget too (known once the BERT runs are done)."""
+        data = self.baseline_data[system.arch] if system.group in FROM_SCRATCH else self.data
+        given = {**self.given, "stage": system.stage, "arch": system.arch, "lr": system.lr, "data": str(data),
+                 **({"max_epochs": self.stage_epochs[system.stage]} if system.stage in self.stage_epochs else {})}
+        cfg, _ = compose_config(given, demo=self.demo)
         if system.group in FROM_SCRATCH:
-            recipe = {k: v for k, v in arch_preset(system.arch).items()
-                      if k not in self.user_keys and not (k == "max_epochs" and "scratch" in self.stage_epochs)}
-            cfg = dataclasses.replace(cfg, **recipe, arch=system.arch,
-                                      data=str(self.baseline_data[system.arch]))
-            if system.budget == "matched":
+            if system.budget == "matched" and budget:
                 cfg = dataclasses.replace(cfg, max_cpu_minutes=self.matched_budget() / 60)
             return cfg
         if system.stage == "decoder":
@@ -618,11 +617,18 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     finetune_lrs = parse_list(args.finetune_lrs, float, "--finetune-lrs")
     table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
     demo = args.data is None
-    user_values = parse_set(args.set)
-    # every run's settings (more below); the tables decode with --lenpen (the paper's 1.0), so no run
-    # chooses its own length penalty on the dev set (the demo preset's lenpen_grid) unless --set asks
-    values = {**(DEMO_PRESET if demo else {}), "lenpen_grid": "", **user_values}
-    train_lr = values.get("train_lr", TrainConfig.train_lr)
+    # what every run shares, over the presets; the tables decode with --lenpen (the paper's 1.0), so no
+    # run chooses its own length penalty on the dev set (the demo preset's lenpen_grid) unless --set asks
+    given = {"lenpen_grid": "", **parse_set(args.set)}
+    stage_epochs = parse_max_epochs(args.max_epochs)
+    if None in stage_epochs:
+        given["max_epochs"] = stage_epochs.pop(None)
+    for key in ("patience", "max_steps"):
+        if getattr(args, key) is not None:
+            given[key] = getattr(args, key)
+    given.update(seed=args.seed, device=args.device, threads=args.threads, progress=args.progress, bert=args.bert,
+                 **({"pair": args.pair} if demo else {}))
+    train_lr = compose_config({**given, "stage": "decoder"}, demo=demo)[0].train_lr
     if args.direct_lr is None:
         args.direct_lr = train_lr
     if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr]) or any(n < 0 for n in table4):
@@ -641,22 +647,10 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
         raise ExperimentError(f"unknown demo --pair {args.pair!r}; expected one of {', '.join(DEMO_PAIRS)}")
     name = demo_name(args.pair) if demo else Path(args.data).resolve().name
     out = Path(args.out) if args.out else experiment_dir(name)
-    stage_epochs = parse_max_epochs(args.max_epochs)
-    if demo and None not in stage_epochs and "max_epochs" not in user_values:     # the demo's epochs per stage
-        stage_epochs = {**{st: demo_preset(args.pair, st)["max_epochs"] for st in ("decoder", "finetune", "direct")},
-                        **stage_epochs}
-    user_keys = set(user_values) | ({"max_epochs"} if None in stage_epochs else set()) | \
-        {k for k in ("patience", "max_steps") if getattr(args, k) is not None}
-    if None in stage_epochs:
-        values["max_epochs"] = stage_epochs.pop(None)
-    for key in ("patience", "max_steps"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    values.update(seed=args.seed, device=args.device, threads=args.threads, progress=args.progress, bert=args.bert)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from nmt.train.trainer import resolve_device
+    from nmt.train.assemble import resolve_device
     args.device = str(resolve_device(args.device))     # one device for training and decoding
     scratch_archs = sorted({s.arch for s in selected if s.group in FROM_SCRATCH})
     baselines: dict[str, Path] = {}
@@ -688,15 +682,14 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
             if split_text(baseline, t)[1] != split_text(data, t)[1]:
                 raise ExperimentError(f"the {t!r} references of {baseline} and {data} differ: prepare both from the "
                                       f"same text files")
-    base = dataclasses.replace(TrainConfig(), **values, data=str(data))
+    experiment = Experiment(out, data, baselines, demo, given, systems, selected, args, stage_epochs, print_fn)
     for s in selected:                          # every run's config must be valid before anything trains
-        dataclasses.replace(base, stage=s.stage, lr=s.lr,
-                            arch=s.arch).validate()
+        experiment.config_for(s, budget=False).validate()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args), "base_config": base.to_dict(),
+    (out / "experiment.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args), "given": given,
                                                      "baseline_data": {a: str(d) for a, d in baselines.items()}},
                                                     indent=1, default=str), encoding="utf-8")
-    return Experiment(out, data, baselines, base, systems, selected, args, stage_epochs, user_keys, print_fn)
+    return experiment
 
 
 def main(argv: Sequence[str] | None = None) -> int:

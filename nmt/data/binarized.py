@@ -287,9 +287,10 @@ class ParallelData:
 # ----------------------------------------------------------------------------- batching
 
 def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray,
-                 max_sentences: int = 500, max_tokens: int | None = None, seed: int = 0, epoch: int = 0,
-                 num_shards: int = 1, shard: int = 0) -> list[np.ndarray]:
-    """Length-bucketed batches of pair indices for one epoch (and one shard).
+                 max_sentences: int = 500, max_tokens: int | None = None, seed: int = 0,
+                 epoch: int = 0) -> list[np.ndarray]:
+    """Length-bucketed batches of pair indices for one epoch (data-parallel ranks: each makes its own
+    with nmt.train.distributed.shard_batches).
 
     Pairs are sorted by (padded width, source length, target length, random key), so equal lengths
     are mixed differently every (seed, epoch). The padded width of a pair is max(S, T) on the
@@ -298,11 +299,6 @@ def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[
     or, when given, ``max_tokens`` padded tokens, ``B * max width in the batch``.
     A single pair longer than ``max_tokens`` is an error (raise max_tokens or filter with --max-len).
     The batch order is then shuffled with the same (seed, epoch) generator.
-
-    With ``num_shards > 1`` (one shard per data-parallel rank) the shuffled list is truncated to a
-    multiple of num_shards (the last ``len % num_shards`` batches are DROPPED for that epoch; a
-    different random set every epoch), and shard k takes batches k, k + num_shards, ...; so all
-    shards have the same number of batches and no pair is in two shards.
     """
     src = np.asarray(src_lengths, dtype=np.int64)
     tgt = np.asarray(tgt_lengths, dtype=np.int64)
@@ -310,8 +306,6 @@ def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[
         raise DataError(f"source and target length arrays differ in shape: {src.shape} vs {tgt.shape}")
     if max_sentences < 1 or (max_tokens is not None and max_tokens < 1):
         raise DataError(f"max_sentences ({max_sentences}) and max_tokens ({max_tokens}) must be positive")
-    if not 0 <= shard < num_shards:
-        raise DataError(f"shard {shard} is not in [0, {num_shards})")
     rng = np.random.default_rng([seed, epoch])
     width = np.maximum(src, tgt + 1)              # padded width each pair needs: max(S, T)
     if len(src) and (width.max() + 1) * (src.max() + 1) * (tgt.max() + 1) < 2 ** 40:
@@ -339,10 +333,7 @@ def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[
     cuts = cuts[:-1]
     batches = np.split(order, cuts) if len(order) else []
     perm = rng.permutation(len(batches))
-    batches = [batches[i] for i in perm]
-    if num_shards > 1:
-        batches = batches[: len(batches) - len(batches) % num_shards][shard::num_shards]
-    return batches
+    return [batches[i] for i in perm]
 
 
 def token_budget(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray,

@@ -52,7 +52,14 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from nmt.data.binarized import FORMAT, SplitWriter, file_sha256, read_meta, vocab_fingerprint, write_json
+from nmt.data.binarized import (
+    FORMAT,
+    SplitWriter,
+    file_sha256,
+    read_meta,
+    vocab_fingerprint,
+    write_json,
+)
 from nmt.errors import DataError
 from nmt.files import DEMO_DIR
 from nmt.text.bpe import BPE, learn_bpe

@@ -28,7 +28,11 @@ from nmt.decode.length_penalty import DEFAULT_LENPEN
 from nmt.errors import TranslateError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
-from nmt.weights.checkpoint import best_checkpoint_path, load_checkpoint, model_from_checkpoint
+from nmt.weights.checkpoint import (
+    best_checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 
 
 @dataclass(frozen=True)

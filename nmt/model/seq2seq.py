@@ -33,7 +33,11 @@ from torch import Tensor, nn
 from nmt.errors import ModelSpecError
 from nmt.model.decoder import DecoderConfig, TransformerDecoder, fairseq_embedding_init_
 from nmt.model.loss import projected_label_smoothed_nll_loss
-from nmt.model.transformer_encoder import BASELINE_SHAPES, TransformerEncoder, TransformerEncoderConfig
+from nmt.model.transformer_encoder import (
+    BASELINE_SHAPES,
+    TransformerEncoder,
+    TransformerEncoderConfig,
+)
 from nmt.text.vocab import Vocab
 
 ARCHS = ("bert", *BASELINE_SHAPES)
@@ -153,7 +157,10 @@ def build_model(spec: ModelSpec) -> Seq2Seq:
     spec.validate()
     decoder = TransformerDecoder(DecoderConfig.from_dict(spec.decoder), spec.tgt_vocab_size, Vocab.PAD)
     if spec.arch == "bert":
-        from nmt.model.bert import BertConfig, BertEncoder  # lazy: keeps the baselines independent of BERT
+        from nmt.model.bert import (  # lazy: keeps the baselines independent of BERT
+            BertConfig,
+            BertEncoder,
+        )
         encoder = BertEncoder(BertConfig.from_dict(spec.bert_config))
         if encoder.config.hidden_size != decoder.config.embed_dim:
             raise ModelSpecError(f"BERT width {encoder.config.hidden_size} != decoder width {decoder.config.embed_dim}")

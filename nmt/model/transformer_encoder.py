@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.model.decoder import FeedForward, SelfAttention, make_positions, sinusoidal_table, xavier_init_
+from nmt.model.decoder import (
+    FeedForward,
+    SelfAttention,
+    make_positions,
+    sinusoidal_table,
+    xavier_init_,
+)
 
 
 @dataclass

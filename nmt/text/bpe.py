@@ -91,7 +91,7 @@ def _reverse_key(symbol: str) -> bytes:
     """Bytes that sort in the *reverse* order of the strings (a terminator handles prefixes).
 
     The heap pops its smallest entry; ordering ties by this key pops the largest pair, which is
-    subword-nmt's tie-break. key(a + b) == key(a)[:-1] + key(b), so merged symbols are cheap.
+    subword-nmt's tie-break. key(a + b) == key(a)[:-4] + key(b) (the terminator is 4 bytes), so merged symbols are cheap.
     """
     return b"".join((0x10FFFF - ord(c)).to_bytes(3, "big") for c in symbol) + b"\xff\xff\xff\xff"
 

@@ -54,7 +54,9 @@ def pre_bpe_tokens(line: str, mode: str) -> list[str]:
     """Whitespace tokens that BPE segments: the line as is (tokenized) or after pretokenize (raw)."""
     line = strip_bom(line)
     if mode == "raw":
-        from nmt.text.pretokenize import tokenize  # only raw mode needs the punctuation splitter
+        from nmt.text.pretokenize import (
+            tokenize,  # only raw mode needs the punctuation splitter
+        )
         line = tokenize(line)
     return line.split()
 

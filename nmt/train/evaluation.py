@@ -13,7 +13,11 @@ from nmt.data.binarized import ParallelData, collate, make_batches, read_meta
 from nmt.errors import EvaluationError
 from nmt.model.loss import perplexity
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
-from nmt.weights.checkpoint import check_vocabularies, load_checkpoint, model_from_checkpoint
+from nmt.weights.checkpoint import (
+    check_vocabularies,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 
 
 @dataclass

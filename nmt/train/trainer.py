@@ -1,10 +1,9 @@
-"""Training: a run assembled from its config, and the loop (stages, epochs, dev evaluation, early
-stopping, checkpoints, resume).
+"""The training loop: updates, epochs, dev loss, early stopping, checkpoints, resume, Ctrl-C.
 
-:func:`setup` turns a :class:`~nmt.train.config.TrainConfig` into a ready :class:`Trainer`: the data (the
-demo corpus is prepared on first use, nmt/data/prepare.py), the model for the stage (BERT weights and a
-new decoder, the stage-1 checkpoint, or the checkpoint to resume); :meth:`Trainer.fit` trains. The
-dev loss is summed as nmt/metrics.py scores any checkpoint (``sum_losses``), so both agree.
+:func:`setup` turns a :class:`~nmt.train.config.TrainConfig` into a ready :class:`Trainer` over the run
+nmt/train/assemble.py puts together (data, pipelines, the model the stage starts from);
+:meth:`Trainer.fit` trains. The dev BLEU and the length-penalty choice are nmt/train/end_of_stage.py's. The
+dev loss is summed as any checkpoint is scored (nmt/train/evaluation.py: ``sum_losses``), so both agree.
 
 Stages (see docs/design.md and the paper):
 
@@ -48,107 +47,34 @@ import numpy as np
 import torch
 
 from nmt.cpu.gemm import use_onednn
-from nmt.data.binarized import ParallelData, collate, read_meta, split_text, token_budget
-from nmt.data.prepare import prepare_demo
-from nmt.decode.length_penalty import LengthPenaltyChoice, choose_length_penalty, parse_grid
-from nmt.decode.translator import Translator
+from nmt.data.binarized import collate, split_text, token_budget
+from nmt.decode.length_penalty import (
+    LengthPenaltyChoice,
+)
 from nmt.errors import DivergedError, TrainingError
 from nmt.files import atomic_copy
-from nmt.metrics import corpus_bleu
-from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model, count_parameters, format_parameter_counts
-from nmt.text.pipeline import SourcePipeline, TargetPipeline
-from nmt.train.config import TrainConfig, default_run_dir, demo_bpe_merges, demo_data_dir
+from nmt.model.seq2seq import count_parameters, format_parameter_counts
+from nmt.train.assemble import Run, assemble_run, resolve_device
+from nmt.train.config import TrainConfig
 from nmt.train.distributed import DistContext, rank_seed, shard_batches, shard_pairs
 from nmt.train.encoder_cache import EncoderCache, plan_cache, remove_cache_file
+from nmt.train.end_of_stage import DevText, greedy_dev_bleu, store_length_penalty_choice
 from nmt.train.evaluation import Totals, dev_batches, sum_losses
 from nmt.train.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
 from nmt.weights.checkpoint import (
     FORMAT,
-    REQUIRED_FOR_RESUME,
-    check_vocabularies,
-    load_checkpoint,
-    model_from_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
     stage_dir,
-    update_checkpoint,
 )
-
-LENPEN_BEAM = 10              # the beam the length penalty is chosen for (translate.py's default, the paper's)
-
 
 # ----------------------------------------------------------------------------------------------
 # setup: from a config to a Trainer
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:
-    """The prepared data directory (the demo is prepared once into checkpoints/data/), train and valid."""
-    if cfg.data is None:                                # the demo corpus is prepared on first use
-        directory = demo_data_dir(cfg.pair, cfg.arch)
-        prepare_demo(directory, cfg.pair, bert=cfg.bert, bpe_merges=demo_bpe_merges(cfg.arch),
-                     source_bpe=cfg.arch != "bert", reuse=True, print_fn=print_fn)
-    else:
-        directory = Path(cfg.data)
-    splits = read_meta(directory).get("splits", {})
-    if "valid" not in splits:
-        raise TrainingError(f"{directory}: no dev set (split 'valid'; has {', '.join(sorted(splits)) or 'none'}); "
-                            f"early stopping needs one: prepare the data with tools/prepare_data.py --valid-prefix")
-    train, valid = ParallelData(directory, "train"), ParallelData(directory, "valid")
-    for data in (train, valid):
-        if len(data) == 0:
-            raise TrainingError(f"{directory}: the {data.split!r} split is empty (0 sentence pairs); check the "
-                                f"input files given to tools/prepare_data.py")
-    return directory, train, valid
-
-
-def _load_bert_for(cfg: TrainConfig, source: SourcePipeline, data_dir: Path, print_fn) -> tuple:
-    from nmt.weights.pretrained import ensure_default_bert, load_bert
-    path = Path(cfg.bert) if cfg.bert else ensure_default_bert(print_fn=print_fn)
-    encoder, tokenizer = load_bert(path)
-    if source.kind != "wordpiece" or list(tokenizer.vocab_tokens) != source.vocab_tokens:
-        raise TrainingError(f"{data_dir}: the data's source side was not encoded with the WordPiece vocabulary of "
-                            f"{path}; prepare the data with this BERT (tools/prepare_data.py --bert {path})")
-    return encoder, path
-
-
-def build_new_model(cfg: TrainConfig, source: SourcePipeline, target: TargetPipeline, data_dir: Path,
-                    print_fn) -> tuple[Seq2Seq, ModelSpec]:
-    """Stage decoder/direct: BERT weights + a fresh decoder; stage scratch: a fresh baseline."""
-    if cfg.arch == "bert":
-        encoder, path = _load_bert_for(cfg, source, data_dir, print_fn)
-        bert_config = encoder.config.to_dict()
-        if cfg.encoder_dropout is not None:
-            bert_config["hidden_dropout_prob"] = cfg.encoder_dropout
-        spec = ModelSpec.bert(bert_config, tgt_vocab_size=len(target.vocab), src_pad_id=source.pad_id,
-                              dropout=cfg.dropout, num_layers=cfg.decoder_layers)
-        model = build_model(spec)
-        weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
-        model.encoder.load_state_dict(weights, strict=True)
-        print_fn(f"encoder: BERT from {path}")
-    else:
-        spec = ModelSpec.transformer(cfg.arch, src_vocab_size=len(source.vocab_tokens),
-                                     tgt_vocab_size=len(target.vocab), src_pad_id=source.pad_id, dropout=cfg.dropout)
-        model = build_model(spec)
-    return model, spec
-
-
-def encoder_dropout(cfg: TrainConfig) -> float | None:
-    """--encoder-dropout replaces the dropout a stage-1 checkpoint's BERT was built with when fine-tuning."""
-    return cfg.encoder_dropout if cfg.stage == "finetune" else None
-
-
 def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_process: bool = True,
           dist: DistContext | None = None) -> "Trainer":
-    """Validate the config, open the data, build the model for the stage (or load the resume point).
+    """Validate the config, assemble the run (nmt/train/assemble.py) and wrap it in a Trainer.
 
     ``dist``: this process's place in a torchrun job (nmt.train.distributed.init_from_env); rank 0 prepares
     shared files (demo data, converted BERT) before the other ranks read them.
@@ -162,60 +88,21 @@ def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_proc
     else:
         device = resolve_device(cfg.device)
     with dist.rank0_first() if dist is not None else contextlib.nullcontext():
-        *parts, resume_state = _load_parts(cfg, print_fn)
+        run = assemble_run(cfg, print_fn)
     # after rank0_first: building the Trainer wraps the model in DDP, a collective of all ranks
-    return Trainer(cfg, *parts, device=device, print_fn=print_fn, master_process=master_process,
-                   resume_state=resume_state, dist=dist)
-
-
-def _load_parts(cfg: TrainConfig, print_fn) -> tuple:
-    """The Trainer's positional arguments: model, spec, source, target, train, valid, out_dir, resume_state."""
-    run_dir = default_run_dir(cfg)
-    out_dir = stage_dir(run_dir, cfg.stage)
-    data_dir, train, valid = open_data(cfg, print_fn)
-    source = SourcePipeline.from_dict(train.source_config, what=str(data_dir / "source.json"))
-    target = TargetPipeline.from_dict(train.target_config, what=str(data_dir / "target.json"))
-    torch.manual_seed(cfg.seed)
-    resume_state = None
-    if cfg.resume:
-        path = out_dir / "checkpoint_last.pt"
-        if not path.is_file():
-            raise TrainingError(f"{path}: nothing to resume (no checkpoint_last.pt for stage {cfg.stage!r}); "
-                                f"drop --resume to start this stage")
-        resume_state = load_checkpoint(path, required=REQUIRED_FOR_RESUME)
-        if resume_state["stage"] != cfg.stage:
-            raise TrainingError(f"{path}: a {resume_state['stage']!r} checkpoint, but --stage is {cfg.stage!r}")
-        check_vocabularies(resume_state, source, target, path, data_dir)
-        model, spec = model_from_checkpoint(resume_state, path, encoder_dropout(cfg))
-        print_fn(f"resuming from {path} (step {resume_state['step']}, epoch {resume_state['epoch'] + 1}, "
-                 f"batch {resume_state['batch_in_epoch']})")
-    elif cfg.stage == "finetune":
-        path = Path(cfg.init) if cfg.init else stage_dir(run_dir, "decoder") / "checkpoint_best.pt"
-        if not path.is_file():
-            raise TrainingError(f"{path}: no stage-1 checkpoint to fine-tune; train stage 1 first "
-                                f"(train.py --stage decoder) or pass --init PATH")
-        init = load_checkpoint(path)
-        check_vocabularies(init, source, target, path, data_dir)
-        model, spec = model_from_checkpoint(init, path, encoder_dropout(cfg))
-        if spec.arch != "bert":
-            raise TrainingError(f"{path}: a {spec.arch} model; --stage finetune needs a BERT stage-1 checkpoint")
-        print_fn(f"fine-tuning from {path}")
-    else:
-        model, spec = build_new_model(cfg, source, target, data_dir, print_fn)
-    model.set_stage(cfg.stage)
-    return model, spec, source, target, train, valid, out_dir, resume_state
+    return Trainer(cfg, run, device=device, print_fn=print_fn, master_process=master_process, dist=dist)
 
 
 # ----------------------------------------------------------------------------------------------
 # the trainer
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, model: Seq2Seq, spec: ModelSpec, source: SourcePipeline,
-                 target: TargetPipeline, train: ParallelData, valid: ParallelData, out_dir: Path, *,
-                 device: torch.device | str = "cpu", print_fn: Callable[[str], None] = print,
-                 master_process: bool = True, resume_state: dict | None = None, dist: DistContext | None = None):
-        self.cfg, self.spec, self.source, self.target = cfg, spec, source, target
-        self.train_data, self.valid_data, self.out_dir = train, valid, Path(out_dir)
+    def __init__(self, cfg: TrainConfig, run: Run, *, device: torch.device | str = "cpu",
+                 print_fn: Callable[[str], None] = print, master_process: bool = True,
+                 dist: DistContext | None = None):
+        self.cfg, self.spec, self.source, self.target = cfg, run.spec, run.source, run.target
+        self.train_data, self.valid_data, self.out_dir = run.train, run.valid, Path(run.out_dir)
+        model, source, train, valid, resume_state = run.model, run.source, run.train, run.valid, run.resume_state
         self.device = torch.device(device)
         # the plain model: state dicts, evaluation, encoder cache. On the CPU its linear layers use
         # oneDNN's GEMMs (nmt/cpu/gemm.py: same parameters and state dict, up to 2x faster than MKL's;
@@ -245,7 +132,7 @@ class Trainer:
         # dev BLEU after each epoch and the length-penalty choice need the dev set's original text
         # (read once, checked up front)
         wants_text = (cfg.dev_bleu or bool(cfg.lenpen_grid)) and self.master_process
-        self.dev_text = split_text(valid.directory, "valid")[:2] if wants_text else None
+        self.dev_text = DevText(*split_text(valid.directory, "valid")[:2]) if wants_text else None
         self.set_stage(cfg.stage)
         amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp and self.device.type == "cuda" \
@@ -454,36 +341,20 @@ class Trainer:
                             self.device, self.forward_loss)
         return self.reduce_totals(totals).summary()
 
-    @torch.no_grad()
     def dev_bleu(self) -> float | None:
-        """BLEU (sacrebleu 13a) of greedy translations of the whole dev set, as translate.py --beam 1
-        would write them; None without --dev-bleu or on ranks other than 0. Greedy keeps it cheap
-        (one decoder pass per token); the final beam-10 BLEU is usually a little higher."""
+        """Greedy dev BLEU (nmt/train/end_of_stage.py); None without --dev-bleu or on ranks other than 0."""
         if self.dev_text is None or not self.cfg.dev_bleu:
             return None
-        self.model.eval()
-        source_lines, references = self.dev_text
-        results = Translator(self.model, self.source, self.target, self.device).translate(source_lines, beam=1)
-        return corpus_bleu([r.text for r in results], references)[0].score
+        return greedy_dev_bleu(self.model, self.source, self.target, self.device, self.dev_text)
 
-    @torch.no_grad()
     def choose_length_penalty(self) -> LengthPenaltyChoice | None:
-        """--lenpen-grid: translate the dev set with the best checkpoint (beam 10) once per length
-        penalty and store the best by BLEU in checkpoint_best.pt, as translate.py's default (rank 0;
-        nmt/decode/length_penalty.py). None when off or on other ranks."""
+        """--lenpen-grid: the dev-set choice of the length penalty, stored in checkpoint_best.pt (rank 0;
+        nmt/train/end_of_stage.py). None when off or on other ranks."""
         best = self.out_dir / "checkpoint_best.pt"
         if not self.cfg.lenpen_grid or self.dev_text is None or not best.is_file():
             return None
         t0 = time.time()
-        translator = Translator.from_checkpoint(best, self.device)
-        source_lines, references = self.dev_text
-
-        def translate(lines, lenpen):
-            return [r.text for r in translator.translate(lines, beam=LENPEN_BEAM, lenpen=lenpen)]
-
-        choice = choose_length_penalty(translate, source_lines, references, parse_grid(self.cfg.lenpen_grid),
-                                       beam=LENPEN_BEAM)
-        update_checkpoint(best, decoding=choice.to_dict())
+        choice = store_length_penalty_choice(best, self.device, self.dev_text, self.cfg.lenpen_grid)
         self.log_metrics({"event": "lenpen", **choice.to_dict(), "seconds": round(time.time() - t0, 2)})
         self.print(f"{choice.summary()}; stored in {best} ({time.time() - t0:.0f} s)")
         return choice

