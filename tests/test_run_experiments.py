@@ -169,6 +169,20 @@ def test_continue_after_interruption(stanford, tmp_path, monkeypatch):
     assert not (out / "after-1" / "finetune").exists()
 
 
+def test_a_diverged_run_is_a_result_not_an_error(stanford, tmp_path, monkeypatch):
+    """DivergedError (by type, not by message) ends that system as "diverged"; the study goes on."""
+    from nmt.errors import DivergedError
+    from nmt.train import trainer as trainer_module
+
+    def diverge(self):
+        raise DivergedError("the loss blew up")
+    monkeypatch.setattr(trainer_module.Trainer, "fit", diverge)
+    out = tmp_path / "exp"
+    assert _run(stanford, out, "--systems", "decoder", "--max-epochs", "1", "--no-dev-bleu") == 0
+    result = json.loads((out / "decoder" / "result.json").read_text())
+    assert result["status"] == "diverged" and result["reason"] == "the loss blew up"
+
+
 def test_bad_input_is_a_clear_error(stanford, tmp_path, capsys):
     out = str(tmp_path / "exp")
     cases = [

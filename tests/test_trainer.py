@@ -13,7 +13,7 @@ import torch
 
 import train as train_cli
 from nmt.data.binarized import SplitWriter, collate
-from nmt.errors import TrainingError
+from nmt.errors import DivergedError
 from nmt.model.bert import BertConfig, BertEncoder
 from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
 from nmt.train.config import TrainConfig
@@ -231,7 +231,7 @@ def test_nan_loss_stops_with_a_message_and_saves_nothing(work, tmp_path):
     trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_steps=5), print_fn=quiet)
     with torch.no_grad():
         trainer.model.decoder.output_projection.weight.fill_(float("nan"))
-    with pytest.raises(TrainingError, match="non-finite training loss"):
+    with pytest.raises(DivergedError, match="non-finite training loss"):       # a TrainingError too
         trainer.fit()
     assert not (tmp_path / "decoder" / "checkpoint_last.pt").exists()
 

@@ -209,3 +209,16 @@ def test_default_length_penalty_is_the_checkpoints_choice(tmp_path, ckpt, capsys
     update_checkpoint(ckpt, decoding={"lenpen": "long"})
     code, _, err = run(capsys, *nbest)
     assert code == 2 and "decoding.lenpen is 'long'" in err
+
+
+def test_os_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, ckpt, capsys, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat .\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--output", tmp_path / "no" / "such" / "x.txt")
+    assert code == 2 and err.startswith("error: ") and "No such file or directory" in err and err.count("\n") == 1
+    # a plain ValueError is a bug, not bad input: it is not turned into an error line
+    def broken(self, *args, **kwargs):
+        raise ValueError("a bug")
+    monkeypatch.setattr(translate.Translator, "translate", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        translate.main(["--quiet", "--checkpoint", str(ckpt), "--input", str(src)])

@@ -4,16 +4,15 @@ PyTorch allocates CPU tensors with the C library's ``malloc``. glibc hands block
 (128 KiB, raised dynamically up to 32 MiB) straight from ``mmap`` and returns them, and the top of
 its heap, to the kernel when freed. A decoding or training step allocates tens of MiB of
 activations, logits and key/value caches and frees them again, so the next step touches fresh pages
-and the kernel zero-fills each one: measured on one thread, beam 10 over 64 sentences spent 0.7 s of
-4.7 s CPU in such page faults (150-240K of them), and ran 9% faster without them. CTranslate2 keeps
-its own caching allocator for this reason; for PyTorch, Intel's CPU guides preload jemalloc or
-tcmalloc. :func:`keep_freed_memory` gets the same effect from glibc itself with ``mallopt``: every
-block comes from the heap and the heap is never trimmed, so freed memory is reused by the next
-step. The process keeps its peak memory until it exits.
+and the kernel zero-fills each one; in beam search those page faults are a noticeable share of the
+CPU time (docs/speed.md). CTranslate2 keeps its own caching allocator for this reason; for PyTorch,
+Intel's CPU guides preload jemalloc or tcmalloc. :func:`keep_freed_memory` gets the same effect
+from glibc itself with ``mallopt``: every block comes from the heap and the heap is never trimmed,
+so freed memory is reused by the next step. The process keeps its peak memory until it exits.
 
 It changes process-wide allocator settings, so only command-line entry points call it
-(translate.py, tools/bench_translate.py), never the library. Training showed no measurable gain
-(within the ~7% noise of tools/bench_train.py), so train.py does not.
+(translate.py, tools/bench_translate.py), never the library. train.py does not: training showed no
+gain beyond the benchmark's noise (docs/speed.md).
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """fp32 matrix products on the CPU through oneDNN instead of MKL, for training and decoding.
 
 PyTorch runs fp32 ``F.linear`` / ``@`` on the CPU with Intel MKL. oneDNN, the other GEMM library
-inside every x86 PyTorch build, is much faster on some CPUs: on the AMD EPYC (AVX-512) this project
-is measured on, one thread, 2,000 rows x 384 -> 1,536 takes 35 ms with MKL and 12 ms with oneDNN,
-and the [2000,384] x [384,16000] output projection 336 ms against 183 ms; the two backward
-products gain 1.3-2x. (CTranslate2 picks oneDNN on such CPUs for this reason.) Same math, another
-summation order: results agree to ~1e-6 relative.
+inside every x86 PyTorch build, is much faster on some CPUs, AVX-512 ones among them (CTranslate2
+picks it on such CPUs too; measurements in docs/speed.md). Same math, another summation order:
+results agree to ~1e-6 relative.
 
 - :func:`matmul_nt` is ``a @ b.T`` (+ bias) on that path, used by the fused loss (nmt/model/loss.py);
 - :class:`OneDNNLinear` is an ``nn.Linear`` (same parameters, same ``state_dict``) whose forward

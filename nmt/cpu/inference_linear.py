@@ -1,12 +1,10 @@
 """Faster ``nn.Linear`` layers for translation: fp32 weights pre-packed for oneDNN, or int8 weights.
 
-Decoding is matrix multiplications by the same weights, step after step. How fast one runs on a
-CPU depends on the GEMM library more than on anything in this repository: PyTorch's ``nn.Linear``
-calls Intel MKL, whose fp32 GEMM reaches about half of what oneDNN (also inside PyTorch) does on an
-AMD EPYC with AVX-512 -- measured on one thread, a [640,384] x [384,1536] product took 8.5 ms with
-``F.linear`` and 3.6 ms with oneDNN and a pre-packed weight. CTranslate2 picks oneDNN on such CPUs,
-and that was most of its lead over this code. :func:`prepare_for_inference` swaps every
-``nn.Linear`` of a model, in place, for the fastest kernel the device has:
+Decoding is matrix multiplications by the same weights, step after step, so its speed on a CPU
+depends mostly on the GEMM library: PyTorch's ``nn.Linear`` calls Intel MKL, and oneDNN (also inside
+PyTorch, and CTranslate2's choice on such CPUs) is faster on some CPUs, AVX-512 ones among them,
+more so with the weight pre-packed once (measurements in docs/speed.md). :func:`prepare_for_inference` swaps every ``nn.Linear`` of a
+model, in place, for the fastest kernel the device has:
 
 - :class:`PackedLinear` (CPU with oneDNN, the default): the fp32 weight re-laid-out once for
   oneDNN (``torch.ops.mkldnn._reorder_linear_weight``, the path ``torch.compile`` uses on CPU),
@@ -17,11 +15,10 @@ and that was most of its lead over this code. :func:`prepare_for_inference` swap
 - :class:`Int8Linear` (``int8=True``, CPU): weights quantized to int8 per output channel
   (symmetric, scale = max |w| / 127 of the row); activations quantized per call (dynamic
   quantization) and multiplied in int8 by fbgemm (``torch.ops.quantized.linear_dynamic``);
-  about 4x less weight memory. translate.py --int8 quantizes the decoder only: with BERT's layers
-  in int8 too (per-tensor activations; BERT has outlier features) the demo dev sets lost 0.17-0.37
-  BLEU, with the decoder alone 0.05 or nothing, and the encoder runs once per sentence anyway.
-  Weight-only int8 (``torch._weight_int8pack_mm``, fp32 activations) exists too, but on the CPU
-  we measured it was 8-60x SLOWER than fp32, so it is not used;
+  about 4x less weight memory. translate.py --int8 quantizes the decoder only: BERT's int8
+  activations (per-tensor; BERT has outlier features) cost BLEU, the decoder's barely do, and the
+  encoder runs once per sentence anyway. Weight-only int8 (``torch._weight_int8pack_mm``, fp32
+  activations) is not used: it is slower than fp32 on the CPU (docs/speed.md);
 - on GPUs ``nn.Linear`` stays (cuBLAS is already the fast path).
 
 Inference only: the swapped layers have no gradients and are not meant to be saved.
@@ -64,8 +61,7 @@ class TransposedLinear(nn.Module):
     """An inference-only copy of an ``nn.Linear`` that keeps its weight transposed, [in, out] contiguous.
 
     With MKL, a few rows (sentences x beam) times a weight streamed from memory is faster in this
-    layout (1 CPU thread, the 37 linear layers of a 6-layer H=384 decoder with a 16K vocabulary:
-    7.9 / 19.3 / 48.5 ms per step instead of 12.8 / 24.1 / 57.3 ms for 1 / 10 / 64 rows).
+    layout than in ``nn.Linear``'s [out, in] (docs/speed.md).
 
     >>> lin = nn.Linear(4, 3)
     >>> x = torch.randn(2, 5, 4)
@@ -149,8 +145,7 @@ class Int8Linear(nn.Module):
             bias = None if linear.bias is None else linear.bias.detach().float()
             self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
         # 8-bit activations need VNNI (int8 dot products summed in int32); without it fbgemm's int16
-        # pair sums can saturate, so activations get 7 bits there (less accurate: on the En->Vi
-        # demo dev set, 7 bits lost 0.35 BLEU against fp32 and 8 bits 0.17)
+        # pair sums can saturate, so activations get 7 bits there (less accurate: docs/speed.md)
         self.reduce_range = engine != "qnnpack" and not cpu_has_vnni()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -176,7 +171,7 @@ def prepare_for_inference(model: nn.Module, int8: bool = False) -> nn.Module:
 
 def prepare_for_translation(model: nn.Module, int8: bool = False) -> nn.Module:
     """A Seq2Seq (encoder + decoder) for translate.py: with ``int8`` the decoder's layers in int8
-    (its steps are the decoding time; int8 BERT activations cost BLEU, measured), every other
+    (its steps are the decoding time; int8 BERT activations cost BLEU, docs/speed.md), every other
     Linear fp32 as :func:`prepare_for_inference` gives it."""
     if int8:
         prepare_for_inference(model.decoder, int8=True)

@@ -240,7 +240,7 @@ class ParallelData:
                 raise DataError(f"{idx_path}: offsets are not increasing (corrupt); {_rerun_hint()}")
             self._bin[side], self._idx[side] = ids, idx
             # plain-ndarray views of the same mapping: slicing a np.memmap builds a memmap object
-            # per slice (~10x slower), which dominated collate()
+            # per slice, which made slicing the bulk of collate()'s time (docs/speed.md)
             self._ids[side], self._offsets[side] = ids.view(np.ndarray), idx.view(np.ndarray)
             setattr(self, f"{side}_lengths", lengths.astype(np.int64))
         self.line_numbers = _map(files[f"{split}.lines.bin"], OFFSET_DTYPE)
@@ -310,7 +310,7 @@ def make_batches(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[
     width = np.maximum(src, tgt + 1)              # padded width each pair needs: max(S, T)
     if len(src) and (width.max() + 1) * (src.max() + 1) * (tgt.max() + 1) < 2 ** 40:
         # one float key: the integer part orders (width, src, tgt), the fraction is the random
-        # tie-break (2^-12 resolution at worst); 4x faster than lexsort on millions of pairs
+        # tie-break (2^-12 resolution at worst); one argsort is faster than lexsort's passes (docs/speed.md)
         key = ((width * (src.max() + 1) + src) * (tgt.max() + 1) + tgt).astype(np.float64)
         order = np.argsort(key + rng.random(len(src)), kind="stable")
     else:

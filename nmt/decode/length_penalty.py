@@ -2,11 +2,11 @@
 
 Beam search ranks finished hypotheses by ``sum(log p) / len ** lenpen`` (nmt/decode/beam_search.py). With
 ``lenpen = 1.0`` (the paper's) a model trained for only a few epochs on a small corpus still ends
-sentences too early: on the demo, stage 2's dev length ratio was 0.86-0.95 at 1.0, and the dev set
-chose 2.0 (En->Vi, ratio 0.98) and 1.2 (En->De, ratio 1.00) among 1.0 / 1.2 / 1.5 / 2.0. The best
-value depends on the model, so it is chosen per model, on the dev set only, and stored in the
-checkpoint (key ``"decoding"``, nmt/weights/checkpoint.py); ``translate.py`` uses it unless ``--lenpen`` is
-given. The trainer does this after a stage when ``--lenpen-grid`` is set (the demo preset sets it).
+sentences too early, and on the demo the dev set prefers a larger value, not the same one for both
+directions (docs/demo.md, "What closed the gap"). The best value depends on the model, so it is
+chosen per model, on the dev set only, and stored in the checkpoint (key ``"decoding"``,
+nmt/weights/checkpoint.py); ``translate.py`` uses it unless ``--lenpen`` is given. The trainer does
+this after a stage when ``--lenpen-grid`` is set (the demo preset sets it).
 
 The choice: translate the dev set with each value (beam search), score corpus BLEU, keep the best;
 a tie goes to the value listed first. Worked example with a stand-in translator that drops the last

@@ -19,8 +19,8 @@ Native parameter names (what ``tools/convert_bert_checkpoint.py`` writes)::
     layers.{i}.ffn_norm.{weight,bias} [H]             post-norm after FFN + residual
     pooler.dense.{weight [H, H], bias [H]}            only if the checkpoint has it
 
-The fused QKV projection (one [3H, H] matmul instead of three) is a measured speed choice; the
-converters concatenate BERT's separate query/key/value weights into it.
+The fused QKV projection (one [3H, H] matmul instead of three smaller ones) is there for speed;
+the converters concatenate BERT's separate query/key/value weights into it.
 
 Example (a tiny random encoder; real weights come from ``nmt.weights.pretrained.load_bert``):
 
@@ -190,7 +190,7 @@ class BertEncoder(nn.Module):
 
     ``with_pooler`` adds BERT's pooler (tanh dense on [CLS]) so checkpoints that carry it load
     completely; the NMT model does not use it. ``init_weights=False`` keeps PyTorch's default
-    init and skips BERT's truncated-normal pass (seconds for BERT-base) when pre-trained weights
+    init and skips BERT's truncated-normal pass (slow for a large model) when pre-trained weights
     will be loaded right away.
     """
 

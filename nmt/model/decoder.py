@@ -197,7 +197,7 @@ class SelfAttention(nn.Module):
         keys, values = cache["k"], cache["v"]                                     # [N,h,t+1,d]
         # every cached position is in the past and no prefix holds padding: no mask needed
         if x.device.type == "cpu" and not self.training:
-            # one query row: two batched matmuls are ~2x faster on CPU than SDPA's kernel (measured)
+            # one query row: two batched matmuls beat SDPA's kernel on the CPU (docs/speed.md)
             scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.head_dim ** -0.5)   # [N,h,1,t+1]
             y = torch.matmul(scores.softmax(-1), values)                                    # [N,h,1,d]
         else:
@@ -215,8 +215,8 @@ class SelfAttention(nn.Module):
         for name in ("k", "v"):
             old = cache[name]                                                     # [N,h,t,d], contiguous
             new = old.new_empty(new_order.numel(), old.size(1), t + 1, old.size(3))
-            # gather into a contiguous block, then one strided copy: 2.5x faster on CPU than
-            # index_select(out=new[:, :, :t]), whose strided output takes a slow path (measured)
+            # gather into a contiguous block, then one strided copy: faster on the CPU than
+            # index_select(out=new[:, :, :t]), whose strided output takes a slow path (docs/speed.md)
             new[:, :, :t] = old[:, :, :t].index_select(0, new_order)
             cache[name] = new
 

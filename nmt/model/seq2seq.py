@@ -167,8 +167,9 @@ def build_model(spec: ModelSpec) -> Seq2Seq:
     else:
         encoder = TransformerEncoder(TransformerEncoderConfig.from_dict(spec.encoder), spec.src_vocab_size,
                                      spec.src_pad_id)
-        # fairseq's embedding init for the baselines (Xavier's is 3x smaller on a [V, H] table: with it,
-        # transformer-small at dropout 0.3 sat at the unigram level, dev PPL ~350, for 7 epochs of En->Vi)
+        # fairseq's embedding init for the baselines: Xavier's std on a [V, H] table, sqrt(2 / (V + H)),
+        # is sqrt((V + H) / 2H) times below fairseq's H^-0.5, and with it transformer-small stalled on
+        # the demo (docs/results-demo-en-vi.md)
         fairseq_embedding_init_([encoder.embed_tokens, decoder.embed_tokens, decoder.output_projection])
     return Seq2Seq(encoder, decoder)
 

@@ -99,7 +99,8 @@ class _CleanTable(dict):
     """``str.translate`` table for cleaning + CJK spacing that fills itself one character at a time.
 
     Maps a code point to None (delete), " " (whitespace) or " X " (CJK ideograph); characters
-    that stay as they are map to themselves. Classifying lazily avoids a 0.3 s scan of Unicode.
+    that stay as they are map to themselves. Classifying lazily avoids scanning all of Unicode up
+    front (docs/speed.md).
     """
 
     def __missing__(self, cp: int):

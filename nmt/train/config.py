@@ -176,24 +176,24 @@ class TrainConfig:
 
 
 # The embedded demo's settings (train.py with no --data): the best model 2 CPU cores can train in
-# ~20 minutes per stage (README: measured); printed at start. Data preparation settings for the
-# demo live here too.
+# about the time README command 1 takes, per stage; printed at start. Why each value: docs/demo.md ("Why
+# the demo preset is what it is"). Data preparation settings for the demo live here too.
 DEMO_PRESET: dict = {
     "max_sentences": 64,       # small corpus: more, smaller updates per epoch (~64 sentences on average)
-    "train_lr": 1e-3,          # stage 1 learns ~2x faster per update than at 4e-4 (dev PPL 54 vs 108 after epoch 1 of En->Vi)
-    "finetune_lr": 4e-4,       # chosen on the dev sets among the paper's 8e-5 / 4e-4 / 2e-5 (dev BLEU, beam 10:
-                               # En->Vi 23.44 / 29.79 / 20.60, En->De 18.13 / 24.28 / 14.50): 1-2 epochs at 8e-5
+    "train_lr": 1e-3,          # stage 1 learns faster per update than at the paper's 4e-4 in a short run
+    "finetune_lr": 4e-4,       # chosen on the dev sets among 8e-5 / 4e-4 / 2e-5 by dev BLEU ("Chosen on the dev
+                               # set" in docs/results-demo-en-vi.md, docs/results-demo-en-de.md): 1-2 epochs at 8e-5
                                # barely move BERT; the paper's divergence at 4e-4 came with 100K+ pairs and more epochs
     "warmup_reference": 0.4,   # warm-up 1 epoch at 1e-3 (0.08 for fine-tuning at 8e-5); 5 would be most of a short run
     "patience": 2,
     "decoder_layers": 3,       # a lighter decoder trains faster on CPU
-    "dev_bleu": True,          # greedy dev BLEU after every epoch (a few seconds to a minute)
+    "dev_bleu": True,          # greedy dev BLEU after every epoch (cheap next to an epoch's training)
     "lenpen_grid": "1.0,1.2,1.5,2.0",  # after each stage: translate.py's default length penalty, by dev BLEU
-                               # (short runs end sentences early at 1.0: dev length ratio 0.86-0.95 after stage 2)
+                               # (short runs end sentences early at 1.0: docs/demo.md)
 }
-# epochs per stage. En->De stage 1 (README command 1): as many as fit its ~25-minute budget on 2 CPU
-# cores (set-up + 3 epochs took 10.9 minutes with the oneDNN kernels, dev BLEU still rising ~3.5 per epoch);
-# En->Vi: about the updates of the earlier 3-epoch En->De run (2.4x fewer pairs)
+# epochs per stage. En->De stage 1 (README command 1): as many as fit that command's time budget on 2 CPU
+# cores, since dev BLEU was still rising; En->Vi, a smaller corpus: about the updates of an earlier
+# 3-epoch En->De stage 1 (docs/demo.md)
 DEMO_EPOCHS: dict = {"en-de": {"decoder": 6, "finetune": 1}, "en-vi": {"decoder": 6, "finetune": 2}}
 
 
@@ -216,7 +216,7 @@ LOW_RESOURCE_BASELINE: dict = {
     "warmup_epochs": 1.0,
     "max_epochs": 100,         # many cheap epochs; bounded by early stopping or --max-cpu-minutes
     "patience": 10,            # a from-scratch model's dev loss plateaus for a few epochs before it reads the
-                               # source; the demo's patience 2 stopped one such run at epoch 7 of a 30-epoch budget
+                               # source, and the demo's patience 2 stopped such a run too early (docs/demo.md)
 }
 LOW_RESOURCE_BPE_MERGES = 4000  # the baseline's source and target BPE merges on the demo corpus
 

@@ -105,8 +105,8 @@ class Trainer:
         model, source, train, valid, resume_state = run.model, run.source, run.train, run.valid, run.resume_state
         self.device = torch.device(device)
         # the plain model: state dicts, evaluation, encoder cache. On the CPU its linear layers use
-        # oneDNN's GEMMs (nmt/cpu/gemm.py: same parameters and state dict, up to 2x faster than MKL's;
-        # plain F.linear under torch.distributed)
+        # oneDNN's GEMMs (nmt/cpu/gemm.py: same parameters and state dict, faster than MKL's on some
+        # CPUs, docs/speed.md; plain F.linear under torch.distributed)
         self.model = use_onednn(model.to(self.device))
         self.dist = dist
         self.rank, self.world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
@@ -182,8 +182,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if stage == "decoder":
             assert not any(p.requires_grad for p in self.model.encoder.parameters()), "stage 1: encoder must be frozen"
-        # fused: one kernel over all parameters instead of ~10 per tensor (measured 5.6x faster on
-        # 2 CPU cores for 56M parameters: 53 ms vs 298 ms per update); same arithmetic
+        # fused: one kernel over all parameters instead of several per tensor, much faster per update
+        # on the CPU (docs/speed.md); same arithmetic
         self.optimizer = torch.optim.Adam(params, lr=0.0, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                           weight_decay=cfg.weight_decay,
                                           fused=True if self.device.type in ("cpu", "cuda") else None)

@@ -19,7 +19,8 @@ shards ``bert_model.ckpt.data-00000-of-00001``. Everything here is read by hand 
 
 CRC32C (Castagnoli) is computed with numpy: the data is cut into a few thousand equal lanes,
 all lanes advance together 8 bytes per step through 16-bit lookup tables, and the lane CRCs are
-combined with the GF(2) "append n zero bytes" operator. About 0.2-0.5 s per 100 MB on one core.
+combined with the GF(2) "append n zero bytes" operator, so numpy's vector operations do the work
+instead of a Python loop per byte (speed: docs/speed.md).
 
 >>> hex(crc32c(b"123456789"))            # the standard CRC-32C check value
 '0xe3069283'

@@ -1,0 +1,34 @@
+"""The README's promises that code can check: its Python block runs as written (against a run
+directory laid out as README command 1 leaves it), and it stays short enough to read."""
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_python_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) == 1
+    run = tmp_path / "checkpoints" / "demo-en-de" / "decoder"           # what command 1 leaves behind
+    run.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "data" / "checkpoint_v0.1.pt", run / "checkpoint_best.pt")   # a tiny model
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 + 3                                            # three translations, then a 3-best list
+    scores = [float(line.split()[0]) for line in lines]
+    assert all(s <= 0 for s in scores) and scores[3:] == sorted(scores[3:], reverse=True)
+
+
+def test_readme_is_short_and_keeps_its_two_commands():
+    assert len(README.splitlines()) <= 220
+    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in quick.splitlines() if line.startswith(("python3 -m venv", ". .venv/bin/activate"))]
+    assert len(commands) == 2 and "pip install -e ." in commands[0] and "python -m pytest" in commands[1]
+    assert "python -m pytest" in (REPO / ".ci" / "run").read_text()       # CI runs the README's test command
