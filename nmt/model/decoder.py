@@ -305,10 +305,6 @@ class DecoderState:
     self_cache: list[dict] = field(default_factory=list)   # per layer {"k","v": [N,h,t(+1),d] or None, "t": t}
     length: int = 0                # t: prefix positions already fed
 
-    @property
-    def num_sources(self) -> int:
-        return self.cross_mask.size(0)
-
 
 class TransformerDecoder(nn.Module):
     def __init__(self, config: DecoderConfig, vocab_size: int, pad_id: int = Vocab.PAD):
