@@ -34,6 +34,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -92,9 +93,71 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"rename:{path.name}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _temporary_owner(name: str) -> int | None:
+    """The PID in a temporary name of ours (``.NAME.tmp.PID`` from atomic_write, ``.NAME.tmp-PID``
+    from data preparation), else None."""
+    if not name.startswith("."):
+        return None
+    for sep in (".tmp.", ".tmp-"):
+        head, found, pid = name.rpartition(sep)
+        if found and head and pid.isdigit():
+            return int(pid)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                 # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path, also: tuple[str, ...] = ("encoder_cache*.npy",),
+                             names: str = "*") -> list[Path]:
+    """Remove what an interrupted run of ours left in ``directory``: temporary files and folders
+    (matching ``names``) whose writing process is gone (a kill -9 skips atomic_write's clean-up),
+    and the files matching ``also`` (the stage-1 encoder cache, only ever meant to last one run).
+    Returns what was removed.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in (".checkpoint_last.pt.tmp.999999999", f".metrics.jsonl.tmp.{os.getpid()}", "keep.pt"):
+    ...     _ = (d / name).write_text("x")
+    >>> [p.name for p in remove_stale_temporaries(d)]          # no process 999999999: its writer is gone
+    ['.checkpoint_last.pt.tmp.999999999']
+    >>> sorted(p.name for p in d.iterdir()) == [f".metrics.jsonl.tmp.{os.getpid()}", "keep.pt"]   # still being written
+    True
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in sorted(directory.glob(names)):
+        pid = _temporary_owner(path.name)
+        stale = (pid is not None and pid != os.getpid() and not _alive(pid)) or \
+            any(path.match(pattern) for pattern in also)
+        if stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def fault_point(moment: str, epoch: int | None = None) -> None:
+    """Fault injection for the tests: when the environment variable NMT_FAULT_AT names this
+    moment (``"best-copied"``, or ``"best-copied@2"`` for epoch 2 only), the process kills itself
+    (SIGKILL: no clean-up, as a power cut or an OOM kill). Costs one dictionary look-up otherwise."""
+    wanted = os.environ.get("NMT_FAULT_AT")
+    if wanted and wanted in (moment, f"{moment}@{epoch}"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:

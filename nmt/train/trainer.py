@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -48,26 +49,18 @@ import torch
 
 from nmt.cpu.gemm import use_onednn
 from nmt.data.binarized import collate, split_text, token_budget
-from nmt.decode.length_penalty import (
-    LengthPenaltyChoice,
-)
+from nmt.decode.length_penalty import LengthPenaltyChoice, parse_grid
 from nmt.errors import DivergedError, TrainingError
-from nmt.files import atomic_copy
+from nmt.files import atomic_copy, atomic_write, fault_point, remove_stale_temporaries
 from nmt.model.seq2seq import count_parameters, format_parameter_counts
 from nmt.train.assemble import Run, assemble_run, resolve_device
-from nmt.train.config import TrainConfig
+from nmt.train.config import TrainConfig, default_run_dir
 from nmt.train.distributed import DistContext, rank_seed, shard_batches, shard_pairs
 from nmt.train.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.train.end_of_stage import DevText, greedy_dev_bleu, store_length_penalty_choice
 from nmt.train.evaluation import Totals, dev_batches, sum_losses
 from nmt.train.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
-from nmt.weights.checkpoint import (
-    FORMAT,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    stage_dir,
-)
+from nmt.weights.checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state, stage_dir
 
 # ----------------------------------------------------------------------------------------------
 # setup: from a config to a Trainer
@@ -88,6 +81,9 @@ def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_proc
     else:
         device = resolve_device(cfg.device)
     with dist.rank0_first() if dist is not None else contextlib.nullcontext():
+        if master_process:                      # before any rank writes there: what a killed run left
+            for path in remove_stale_temporaries(stage_dir(default_run_dir(cfg), cfg.stage)):
+                print_fn(f"removed {path}, left behind by an interrupted run")
         run = assemble_run(cfg, print_fn)
     # after rank0_first: building the Trainer wraps the model in DDP, a collective of all ranks
     return Trainer(cfg, run, device=device, print_fn=print_fn, master_process=master_process, dist=dist)
@@ -124,6 +120,10 @@ class Trainer:
         self.bad_epochs = 0
         self.cpu_seconds = 0.0                  # this stage's process CPU time so far (cache, updates, dev)
         self._cpu_start: tuple[float, float] | None = None   # (process_time, cpu_seconds) when fit() began
+        self.owed: dict = {}                    # end-of-epoch work recorded in checkpoint_last.pt (settle_owed)
+        self.epoch_totals = Totals()            # the epoch in progress: its training sums so far
+        self.epoch_seconds = 0.0                # ... and its wall time before the last resume
+        self._epoch_t0: float | None = None     # when this process began (or resumed) the epoch
         self.cache: EncoderCache | None = None
         self._cache_file: Path | None = None
         self._stop_requested = False            # Ctrl-C seen by this process
@@ -176,6 +176,7 @@ class Trainer:
             self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
             self.best_dev_loss, self.bad_epochs = None, 0
             self.cpu_seconds, self._cpu_start = 0.0, None
+            self.owed, self.epoch_totals, self.epoch_seconds = {}, Totals(), 0.0
             self._release_cache()
         cfg = self.cfg
         self.model.set_stage(stage)
@@ -202,6 +203,57 @@ class Trainer:
             with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
+    def _logged(self) -> list[dict]:
+        """The records in metrics.jsonl (a line cut short by a kill is skipped)."""
+        path = self.out_dir / "metrics.jsonl"
+        records = []
+        for line in (path.read_text(encoding="utf-8").splitlines() if path.is_file() else []):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return records
+
+    def repair_metrics(self) -> None:
+        """On resume: drop the records written after the checkpoint being resumed (steps and epochs
+        that will be replayed), so metrics.jsonl never holds a step or an epoch twice."""
+        path = self.out_dir / "metrics.jsonl"
+        if not self.master_process or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:          # a line cut short by a kill: it is replayed
+                continue
+            if record.get("event") == "train" and record.get("step", 0) > self.step:
+                continue
+            if record.get("event") == "epoch" and record.get("epoch", 0) > self.epoch:
+                continue
+            kept.append(line)
+        with atomic_write(path, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+
+    def settle_owed(self) -> None:
+        """Finish the end of an epoch as recorded in checkpoint_last.pt's ``owed`` entry: the best and
+        kept-epoch copies of it, and the epoch's metrics record. Saving the last checkpoint first
+        and doing this after makes every step repeatable: a run killed anywhere in between redoes
+        them on --resume (copies again; appends a record only if metrics.jsonl lacks it)."""
+        owed, self.owed = self.owed, {}
+        if not owed or not self.master_process:
+            return
+        last = self.out_dir / "checkpoint_last.pt"
+        if owed.get("best"):
+            atomic_copy(last, self.out_dir / "checkpoint_best.pt")
+            fault_point("best-copied", self.epoch)
+        if owed.get("epoch_checkpoint"):
+            atomic_copy(last, self.out_dir / f"checkpoint_epoch{owed['epoch_checkpoint']}.pt")
+        done = {(r.get("event"), r.get("epoch")) for r in self._logged()}
+        for record in owed.get("metrics", []):
+            if (record["event"], record["epoch"]) not in done:
+                self.log_metrics(record)
+        fault_point("metrics-written", self.epoch)
+
     # -- data
     def epoch_batches(self, epoch: int, world_size: int | None = None) -> list[np.ndarray]:
         """This rank's batches (pair-index arrays) for an epoch: the one place batches are made.
@@ -224,7 +276,9 @@ class Trainer:
                 "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "best_dev_loss": self.best_dev_loss, "bad_epochs": self.bad_epochs, "rng": rng_state(),
-                "world_size": self.world_size, "cpu_seconds": self._cpu_now()}
+                "world_size": self.world_size, "cpu_seconds": self._cpu_now(), "owed": self.owed,
+                "epoch_totals": dataclasses.asdict(self.epoch_totals),
+                "epoch_seconds": self.epoch_seconds + (time.time() - self._epoch_t0 if self._epoch_t0 else 0.0)}
 
     def load_state(self, state: dict) -> None:
         """Continue from a checkpoint_last.pt (the model weights are already loaded)."""
@@ -232,6 +286,10 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         self.best_dev_loss, self.bad_epochs = state["best_dev_loss"], int(state["bad_epochs"])
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))     # absent in older checkpoints
+        self.owed = dict(state.get("owed") or {})                     # end-of-epoch work still to do
+        if self.batch_in_epoch > 0 and "epoch_totals" in state:      # the epoch's sums so far
+            self.epoch_totals = Totals(**state["epoch_totals"])
+            self.epoch_seconds = float(state.get("epoch_seconds", 0.0))
         if self.cfg.warmup_steps is None and self.cfg.warmup_epochs is None:
             self.warmup_steps = int(state["schedule"]["warmup_steps"])    # same schedule as before the break
         set_rng_state(state["rng"])
@@ -250,6 +308,7 @@ class Trainer:
         path = self.out_dir / name
         if self.master_process:
             save_checkpoint(path, self.state_dict())
+            fault_point(f"{Path(name).stem}-saved", self.epoch)
         return path
 
     # -- encoder cache
@@ -353,8 +412,15 @@ class Trainer:
         best = self.out_dir / "checkpoint_best.pt"
         if not self.cfg.lenpen_grid or self.dev_text is None or not best.is_file():
             return None
+        done = load_checkpoint(best, required=()).get("decoding", {})
+        if done.get("grid") == parse_grid(self.cfg.lenpen_grid):       # a resumed run that had finished
+            self.print(f"length penalty {done['lenpen']:g}: already chosen and stored in {best}")
+            if not any(r.get("event") == "lenpen" for r in self._logged()):   # killed before its record
+                self.log_metrics({"event": "lenpen", **done})
+            return None
         t0 = time.time()
         choice = store_length_penalty_choice(best, self.device, self.dev_text, self.cfg.lenpen_grid)
+        fault_point("lenpen-stored", self.epoch)
         self.log_metrics({"event": "lenpen", **choice.to_dict(), "seconds": round(time.time() - t0, 2)})
         self.print(f"{choice.summary()}; stored in {best} ({time.time() - t0:.0f} s)")
         return choice
@@ -410,9 +476,15 @@ class Trainer:
             self.print(f"frozen encoder: {frozen:,} parameters, saving {12 * frozen / 2**20:.0f} MiB of gradients "
                        f"+ Adam state (12 bytes per parameter)")
         if self.step == 0:
+            metrics = self.out_dir / "metrics.jsonl"
+            if self.master_process and metrics.is_file():     # a stage started over: keep the old log aside
+                os.replace(metrics, metrics.with_name("metrics.previous.jsonl"))
             self.log_metrics({"event": "start", "config": cfg.to_dict(), "parameters": counts,
                               "warmup_steps": self.warmup_steps, "batches_per_epoch": self.batches_per_epoch,
                               "world_size": self.world_size})
+        if self.step > 0:                       # resumed: replayed steps must not be logged twice, and
+            self.repair_metrics()               # the end of an epoch that a kill cut short is finished
+        self.settle_owed()
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
             return "max_steps"
         self._cpu_start = (time.process_time(), self.cpu_seconds)
@@ -434,76 +506,96 @@ class Trainer:
         return self.cpu_seconds if start is None else start[1] + time.process_time() - start[0]
 
     def _loop(self) -> str:
-        cfg = self.cfg
-        while self.epoch < cfg.max_epochs:
-            batches = self.epoch_batches(self.epoch)
-            totals = Totals()
-            bar = self._progress_bar(len(batches))
-            t0, tokens_since = time.time(), 0
-            while self.batch_in_epoch < len(batches):
-                batch = collate(self.train_data, batches[self.batch_in_epoch], self.src_pad_id).to(self.device)
-                loss_sum, nll_sum, lr = self.train_step(batch)
-                self.step += 1
-                self.batch_in_epoch += 1
-                totals.add(loss_sum, nll_sum, batch.num_tokens, len(batch))
-                tokens_since += batch.num_tokens
-                if bar is not None:
-                    s = totals.summary()
-                    bar.set_postfix(loss=f"{s['loss']:.3f}", ppl=f"{s['ppl']:.1f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{tokens_since / max(time.time() - t0, 1e-9):.0f}", refresh=False)
-                    bar.update(1)
-                if self.step % 100 == 0:
-                    self.log_metrics({"event": "train", "step": self.step, "epoch": self.epoch + 1, "lr": lr,
-                                      **self.reduce_totals(totals).summary()})
-                stop = self._stop_requested if self.dist is None else self._stop_agreed
-                if stop or (cfg.max_steps is not None and self.step >= cfg.max_steps):
-                    if bar is not None:
-                        bar.close()
-                    path = self.save("checkpoint_last.pt")
-                    why = "interrupted" if stop else "max_steps"
-                    self.log_metrics({"event": why, "step": self.step, "epoch": self.epoch + 1})
-                    self.print(f"{why}: saved {path} at update {self.step}; continue with --resume")
-                    return why
+        while True:
+            why = self._stop_reason() or self._train_epoch()
+            if why:
+                return why
+            self._end_epoch()
+
+    def _stop_reason(self) -> str | None:
+        """Why the stage is over, checked between epochs (and so right after a resume, too)."""
+        cfg, best = self.cfg, self.best_dev_loss
+        if best is not None and self.bad_epochs >= cfg.patience:
+            self.print(f"early stop: no dev improvement for {cfg.patience} epochs; best dev loss "
+                       f"{best:.3f} in {self.out_dir / 'checkpoint_best.pt'}")
+            return "converged"
+        if cfg.max_cpu_minutes is not None and self.cpu_seconds >= 60 * cfg.max_cpu_minutes:
+            self.print(f"CPU budget reached: {self.cpu_seconds / 60:.1f} of --max-cpu-minutes "
+                       f"{cfg.max_cpu_minutes:g}; best dev loss {best:.3f}")
+            return "cpu_budget"
+        if self.epoch >= cfg.max_epochs:
+            self.print(f"reached --max-epochs {cfg.max_epochs}; best dev loss "
+                       f"{'none' if best is None else f'{best:.3f}'}")
+            return "max_epochs"
+        return None
+
+    def _train_epoch(self) -> str | None:
+        """The updates of the epoch in progress; "interrupted" or "max_steps" when it stops early
+        (checkpoint_last.pt then holds the epoch's partial sums, so its record will cover it all)."""
+        cfg, totals = self.cfg, self.epoch_totals
+        batches = self.epoch_batches(self.epoch)
+        bar = self._progress_bar(len(batches))
+        self._epoch_t0, tokens_since = time.time(), 0
+        while self.batch_in_epoch < len(batches):
+            batch = collate(self.train_data, batches[self.batch_in_epoch], self.src_pad_id).to(self.device)
+            loss_sum, nll_sum, lr = self.train_step(batch)
+            self.step += 1
+            self.batch_in_epoch += 1
+            totals.add(loss_sum, nll_sum, batch.num_tokens, len(batch))
+            tokens_since += batch.num_tokens
             if bar is not None:
-                bar.close()
-            elapsed = time.time() - t0
-            train_stats = self.reduce_totals(totals).summary()
-            dev = self.evaluate()
-            if not math.isfinite(dev["loss"]):
-                raise DivergedError(f"non-finite dev loss ({dev['loss']}) after epoch {self.epoch + 1}; nothing saved "
-                                    f"for this epoch. Try a lower --lr or --clip-norm 1")
-            improved = self.best_dev_loss is None or dev["loss"] < self.best_dev_loss
-            if improved:
-                self.best_dev_loss, self.bad_epochs = dev["loss"], 0
-            else:
-                self.bad_epochs += 1
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            last = self.save("checkpoint_last.pt")
-            if improved and self.master_process:
-                atomic_copy(last, self.out_dir / "checkpoint_best.pt")
-            if self.epoch in cfg.kept_epochs() and self.master_process:
-                atomic_copy(last, self.out_dir / f"checkpoint_epoch{self.epoch}.pt")
-            bleu = self.dev_bleu()
-            self.cpu_seconds = self._cpu_now()
-            self.log_metrics({"event": "epoch", "epoch": self.epoch, "step": self.step, "seconds": round(elapsed, 2),
-                              "cpu_seconds": round(self.cpu_seconds, 3), "train": train_stats, "dev": dev,
-                              **({"dev_bleu": round(bleu, 2), "dev_bleu_search": "greedy"} if bleu is not None else {}),
-                              "best_dev_loss": self.best_dev_loss, "improved": improved})
-            self.print(f"epoch {self.epoch}: train loss {train_stats['loss']:.3f} ppl {train_stats['ppl']:.2f} | "
-                       f"dev loss {dev['loss']:.3f} ppl {dev['ppl']:.2f}{' (best)' if improved else ''}"
-                       f"{'' if bleu is None else f' BLEU {bleu:.2f} (greedy)'} | "
-                       f"{train_stats['tokens'] / max(elapsed, 1e-9):.0f} tok/s, {elapsed:.0f} s")
-            if self.bad_epochs >= cfg.patience:
-                self.print(f"early stop: no dev improvement for {cfg.patience} epochs; best dev loss "
-                           f"{self.best_dev_loss:.3f} in {self.out_dir / 'checkpoint_best.pt'}")
-                return "converged"
-            if cfg.max_cpu_minutes is not None and self.cpu_seconds >= 60 * cfg.max_cpu_minutes:
-                self.print(f"CPU budget reached: {self.cpu_seconds / 60:.1f} of --max-cpu-minutes "
-                           f"{cfg.max_cpu_minutes:g}; best dev loss {self.best_dev_loss:.3f}")
-                return "cpu_budget"
-        self.print(f"reached --max-epochs {cfg.max_epochs}; best dev loss {self.best_dev_loss:.3f}")
-        return "max_epochs"
+                s = totals.summary()
+                bar.set_postfix(loss=f"{s['loss']:.3f}", ppl=f"{s['ppl']:.1f}", lr=f"{lr:.2e}",
+                                tok_s=f"{tokens_since / max(time.time() - self._epoch_t0, 1e-9):.0f}", refresh=False)
+                bar.update(1)
+            if self.step % 100 == 0:
+                self.log_metrics({"event": "train", "step": self.step, "epoch": self.epoch + 1, "lr": lr,
+                                  **self.reduce_totals(totals).summary()})
+            stop = self._stop_requested if self.dist is None else self._stop_agreed
+            if stop or (cfg.max_steps is not None and self.step >= cfg.max_steps):
+                if bar is not None:
+                    bar.close()
+                path = self.save("checkpoint_last.pt")
+                why = "interrupted" if stop else "max_steps"
+                self.log_metrics({"event": why, "step": self.step, "epoch": self.epoch + 1})
+                self.print(f"{why}: saved {path} at update {self.step}; continue with --resume")
+                return why
+        if bar is not None:
+            bar.close()
+        return None
+
+    def _end_epoch(self) -> None:
+        """Dev loss, early-stopping state, then the epoch's files: checkpoint_last.pt FIRST, recording
+        what is owed (best and kept-epoch copies, the metrics record), then those (settle_owed)."""
+        cfg = self.cfg
+        elapsed = self.epoch_seconds + time.time() - self._epoch_t0
+        train_stats = self.reduce_totals(self.epoch_totals).summary()
+        dev = self.evaluate()
+        if not math.isfinite(dev["loss"]):
+            raise DivergedError(f"non-finite dev loss ({dev['loss']}) after epoch {self.epoch + 1}; nothing saved "
+                                f"for this epoch. Try a lower --lr or --clip-norm 1")
+        improved = self.best_dev_loss is None or dev["loss"] < self.best_dev_loss
+        if improved:
+            self.best_dev_loss, self.bad_epochs = dev["loss"], 0
+        else:
+            self.bad_epochs += 1
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        bleu = self.dev_bleu()
+        self.cpu_seconds = self._cpu_now()
+        record = {"time": round(time.time(), 3), "event": "epoch", "epoch": self.epoch, "step": self.step,
+                  "seconds": round(elapsed, 2), "cpu_seconds": round(self.cpu_seconds, 3), "train": train_stats,
+                  "dev": dev, **({"dev_bleu": round(bleu, 2), "dev_bleu_search": "greedy"} if bleu is not None else {}),
+                  "best_dev_loss": self.best_dev_loss, "improved": improved}
+        self.owed = {"best": improved, "epoch_checkpoint": self.epoch if self.epoch in cfg.kept_epochs() else None,
+                     "metrics": [record]}
+        self.epoch_totals, self.epoch_seconds, self._epoch_t0 = Totals(), 0.0, None
+        self.save("checkpoint_last.pt")
+        self.settle_owed()
+        self.print(f"epoch {self.epoch}: train loss {train_stats['loss']:.3f} ppl {train_stats['ppl']:.2f} | "
+                   f"dev loss {dev['loss']:.3f} ppl {dev['ppl']:.2f}{' (best)' if improved else ''}"
+                   f"{'' if bleu is None else f' BLEU {bleu:.2f} (greedy)'} | "
+                   f"{train_stats['tokens'] / max(elapsed, 1e-9):.0f} tok/s, {elapsed:.0f} s")
 
     def _progress_bar(self, total: int):
         if not (self.cfg.progress and self.master_process):

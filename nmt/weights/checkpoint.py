@@ -32,6 +32,7 @@ A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, `
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,8 +59,16 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+    except RuntimeError as e:          # torch's writer reports a failed write (a full disk) this way
+        if "inline_container" not in str(e):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(f"{path}: could not be written ({str(e).splitlines()[0][:120]}); "
+                              f"{free / 2**20:.0f} MiB free on its disk: free some space, then run the same "
+                              f"command with --resume (the previous {path.name}, if any, is intact)") from None
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_TRANSLATION,
