@@ -14,10 +14,15 @@ removed, detokenized) and written back in input order. Empty input lines give em
 truncated (with a warning naming the line). With ``--nbest N > 1`` the output is Moses n-best
 format: ``<0-based line> ||| <translation> ||| <score>``, N lines per input line. With
 ``--reference`` the corpus BLEU and sacrebleu signature are printed on stderr at the end.
+``--output`` is checked before anything is loaded (its directory must exist and be writable) and
+written atomically, so a failure leaves no partial file; nonsense numbers (``--lenpen nan``) and a
+device that is not there (``--device cuda`` without CUDA) are one ``error:`` line, exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +31,7 @@ import torch
 from nmt.cpu.allocator import keep_freed_memory
 from nmt.decode.translator import Translator
 from nmt.errors import NmtError, TranslateError, error_line
-from nmt.files import DEMO_PAIRS, demo_name, run_dir
+from nmt.files import DEMO_PAIRS, atomic_write, demo_name, run_dir
 from nmt.text.lines import decode_lines, read_lines
 
 DEFAULT_RUN = run_dir(demo_name("en-de"))     # the demo run directory (train.py's default)
@@ -37,6 +42,34 @@ def read_input(path: str | None) -> tuple[list[str], str]:
     if path is not None:
         return read_lines(path), path
     return [line for _, line in decode_lines(sys.stdin.buffer, "<stdin>")], "<stdin>"
+
+
+def check_output(path: str) -> None:
+    """Fail before decoding when --output cannot be written: its directory must exist and be writable."""
+    out = Path(path)
+    if out.is_dir():
+        raise TranslateError(f"--output {out}: is a directory; give a file name")
+    parent = out.parent
+    if not parent.is_dir():
+        raise TranslateError(f"--output {out}: the directory {parent} does not exist; create it or write elsewhere")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TranslateError(f"--output {out}: the directory {parent} is not writable; check its permissions "
+                             f"or write elsewhere")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Sizes and limits that decoding can use; a NaN or an infinity is an error, not a silent default."""
+    for name in ("lenpen", "max_len_a"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise TranslateError(f"--{name.replace('_', '-')} {value}: must be a finite number")
+    if args.max_len_a < 0:
+        raise TranslateError(f"--max-len-a {args.max_len_a}: must be >= 0")
+    if args.beam < 1 or not 1 <= args.nbest <= max(args.beam, 1) or args.batch_size < 1 or args.max_tokens < 1:
+        raise TranslateError(f"need --beam >= 1, 1 <= --nbest <= --beam, --batch-size >= 1 and --max-tokens >= 1 "
+                             f"(got {args.beam}, {args.nbest}, {args.batch_size}, {args.max_tokens})")
+    if args.beam == 1 and args.nbest > 1:
+        raise TranslateError("--nbest > 1 needs --beam > 1")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,10 +111,9 @@ def main(argv=None) -> int:
         args.checkpoint = str(DEFAULT_RUN.with_name(demo_name(args.pair)))
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)   # noqa: E731
     try:
-        if args.beam < 1 or not 1 <= args.nbest <= max(args.beam, 1) or args.batch_size < 1:
-            raise TranslateError("need --beam >= 1, 1 <= --nbest <= --beam and --batch-size >= 1")
-        if args.beam == 1 and args.nbest > 1:
-            raise TranslateError("--nbest > 1 needs --beam > 1")
+        check_numbers(args)
+        if args.output:
+            check_output(args.output)
         if demo_run and not Path(args.checkpoint).is_dir():
             raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
                                  f"(python train.py --pair {args.pair}) or pass --checkpoint")
@@ -108,7 +140,8 @@ def main(argv=None) -> int:
             out_lines = [r.text for r in results]
         text = "".join(line + "\n" for line in out_lines)
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            with atomic_write(args.output, "w") as f:     # no partial file if anything fails
+                f.write(text)
         else:
             sys.stdout.write(text)
             sys.stdout.flush()

@@ -16,6 +16,14 @@ def require_path(path: Path) -> Path:
     return path
 
 
+def linked_copy(src: Path, dest: Path) -> Path:
+    """``src`` (a directory, e.g. a BERT model) under another name, its files as symlinks."""
+    dest.mkdir()
+    for f in src.iterdir():
+        (dest / f.name).symlink_to(f.resolve())
+    return dest
+
+
 @pytest.fixture
 def bert_vocab_path() -> Path:
     return require_path(SHARED_BERT_TF / "vocab.txt")

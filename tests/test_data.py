@@ -120,6 +120,23 @@ def test_corrupt_contents_found_by_verify(data_dir):
         ParallelData(data_dir, "train", verify=True)
 
 
+def test_verify_names_an_id_outside_the_vocabulary(data_dir):
+    """An id past the vocabulary (with meta.json's sha256 matching it, so only the range check can tell)
+    is a DataError naming the file and the position, not an IndexError in the embedding later."""
+    from nmt.data.binarized import file_sha256
+    path = data_dir / "train.tgt.bin"
+    ids = np.fromfile(path, dtype=np.int32)
+    ids[7] = 50                                           # the target vocabulary has 50 symbols: 0..49
+    ids.tofile(path)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta["splits"]["train"]["files"]["train.tgt.bin"]["sha256"] = file_sha256(path)
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    ParallelData(data_dir, "train")                       # the cheap checks pass
+    with pytest.raises(DataError, match=r"train\.tgt\.bin: id 50 at position 7 is outside the target vocabulary "
+                                        r"of 50 symbols .*prepare the data again"):
+        ParallelData(data_dir, "train", verify=True)
+
+
 def test_inconsistent_offsets_detected(data_dir):
     path = data_dir / "train.tgt.idx"
     idx = np.fromfile(path, dtype=np.int64)

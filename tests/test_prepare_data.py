@@ -10,11 +10,11 @@ import pytest
 
 from nmt.data.binarized import ParallelData, check_source_vocab
 from nmt.data.prepare import prepare
-from nmt.errors import DataError
+from nmt.errors import CheckpointError, DataError
 from nmt.text.lines import open_text_lines
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
 from nmt.text.vocab import Vocab
-from tests.conftest import REPO, SHARED_BERT_TF, SHARED_IWSLT, require_path
+from tests.conftest import REPO, SHARED_BERT_TF, SHARED_IWSLT, linked_copy, require_path
 from tools.prepare_data import main
 
 MERGES = 500          # small, for speed; the default is 16,000
@@ -151,6 +151,52 @@ def test_reuse_and_refusal_to_overwrite(tmp_path):
     with pytest.raises(DataError, match="not a prepared data directory; refusing to overwrite"):
         small_prepare(tmp_path / "precious", prefix)
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def prepared_files(out):
+    """Every file of a data directory, and meta.json without the --bert path it records."""
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "meta.json"}
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    del meta["settings"]["source"]["bert"]
+    return files, meta
+
+
+def test_one_bert_as_directory_or_converted_file_gives_identical_data(tmp_path, capsys):
+    """One casing rule for preparation, load_bert and the converter: Google's TF layout under an uncased
+    and a cased name, each as a directory and as its converted .pt; a name that says nothing needs a flag."""
+    from tools import convert_bert_checkpoint
+    tf = require_path(SHARED_BERT_TF)
+    en = ["Select the cells in Excel .", "Click OK and close Word .", "The Rhine flows through Basel ."]
+    vi = ["chọn ô trong Excel .", "nhấn OK và đóng Word .", "sông Rhine chảy qua Basel ."]
+    prefix = write_pairs(tmp_path / "raw", "train", en, vi)
+    prepared = {}
+    for name in ("uncased_L-6_H-384_A-12", "cased_L-6_H-384_A-12"):
+        directory = linked_copy(tf, tmp_path / name)
+        converted = tmp_path / f"{name}.pt"
+        assert convert_bert_checkpoint.main([str(directory), str(converted)]) == 0
+        small_prepare(tmp_path / f"{name}-dir", prefix, bert=directory)
+        small_prepare(tmp_path / f"{name}-pt", prefix, bert=converted)
+        prepared[name] = prepared_files(tmp_path / f"{name}-dir")
+        assert prepared[name] == prepared_files(tmp_path / f"{name}-pt"), name
+    uncased, cased = prepared["uncased_L-6_H-384_A-12"], prepared["cased_L-6_H-384_A-12"]
+    assert json.loads(uncased[0]["source.json"])["do_lower_case"] is True
+    assert json.loads(cased[0]["source.json"])["do_lower_case"] is False
+    unk = SourcePipeline.from_dict(json.loads(uncased[0]["source.json"])).tokenizer.unk_id
+    # this vocabulary is uncased: kept case turns capitalised words into [UNK]
+    assert unk not in np.frombuffer(uncased[0]["train.src.bin"], np.int32)
+    assert unk in np.frombuffer(cased[0]["train.src.bin"], np.int32)
+
+    unnamed = linked_copy(tf, tmp_path / "mybert")
+    argv = ["--train-prefix", str(prefix), "--src", "en", "--tgt", "vi", "--target-mode", "tokenized",
+            "--bpe-merges", "50", "--bert", str(unnamed), "--out", str(tmp_path / "m")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "mybert: cannot tell" in err and "--cased" in err and err.count("\n") == 1
+    with pytest.raises(CheckpointError, match="pass --uncased or --cased"):
+        small_prepare(tmp_path / "m", prefix, bert=unnamed / "vocab.txt")     # a bare vocab.txt: its directory's
+    assert main(argv + ["--cased"]) == 0
+    assert prepared_files(tmp_path / "m") == cased
 
 
 def test_source_bpe_for_the_baselines(tmp_path):

@@ -1,7 +1,7 @@
 """load_bert / ensure_default_bert / the converter CLI / HF weight formats and safetensors."""
 import importlib.util
-import re
 import json
+import re
 import shutil
 import struct
 
@@ -10,7 +10,10 @@ import torch
 
 from nmt.errors import CheckpointError
 from nmt.weights.pretrained import (
+    bert_casing,
+    decide_lower_case,
     default_bert_path,
+    directory_casing,
     ensure_default_bert,
     installed_package_dir,
     load_bert,
@@ -18,6 +21,7 @@ from nmt.weights.pretrained import (
     read_bert_dir,
 )
 from nmt.weights.safetensors_io import load_safetensors, save_safetensors
+from tests.conftest import SHARED_BERT_TF, linked_copy, require_path
 from tools import convert_bert_checkpoint
 
 SENTENCES = ["This is not a finished story .", "It is a jigsaw puzzle still being put together ."]
@@ -85,6 +89,53 @@ def test_truncated_or_foreign_native_file(native_file, tmp_path):
         load_native(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_bert(tmp_path / "missing.pt")
+
+
+def test_casing_rule_for_directories(tmp_path):
+    """tokenizer_config.json first, else Google's names, else unknown: then only an explicit flag decides."""
+    for name, lower in [("uncased_L-12_H-768_A-12", True), ("cased_L-12_H-768_A-12", False),
+                        ("multi_cased_L-12_H-768_A-12", False), ("wwm_uncased_L-24_H-1024_A-16", True),
+                        ("multilingual_L-12_H-768_A-12", True), ("bert-base-cased", False),
+                        ("minilm-l6-h384-uncased-tf", True), ("mybert", None), ("showcased", None)]:
+        (tmp_path / name).mkdir()
+        assert directory_casing(tmp_path / name).lower is lower, name
+    said = tmp_path / "cased_L-2_H-128_A-2"               # the file wins over the name
+    said.mkdir()
+    (said / "tokenizer_config.json").write_text('{"do_lower_case": true}', encoding="utf-8")
+    assert directory_casing(said).lower is True and "tokenizer_config.json" in directory_casing(said).how
+    (said / "tokenizer_config.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="tokenizer_config.json: not a JSON object"):
+        directory_casing(said)
+    with pytest.raises(CheckpointError, match=r"mybert: cannot tell whether .* pass --uncased or --cased"):
+        decide_lower_case(tmp_path / "mybert")
+    assert decide_lower_case(tmp_path / "mybert", override=False) is False
+    assert decide_lower_case(tmp_path / "uncased_L-12_H-768_A-12", override=False) is False   # the flag wins
+    (tmp_path / "mybert" / "vocab.txt").write_text("[PAD]\n", encoding="utf-8")
+    assert bert_casing(tmp_path / "mybert" / "vocab.txt").lower is None      # a vocab.txt: its directory's
+
+
+def test_a_cased_tf_directory_and_its_converted_file_agree(tmp_path, capsys):
+    """Google's cased TF releases ship no tokenizer_config.json: the name says it, and the .pt records
+    what the directory said, so load_bert gives the same tokenizer either way."""
+    tf = require_path(SHARED_BERT_TF)
+    cased = linked_copy(tf, tmp_path / "cased_L-6_H-384_A-12")
+    out = tmp_path / "cased.pt"
+    assert convert_bert_checkpoint.main([str(cased), str(out)]) == 0
+    assert "lower_case  False (Google's naming: cased_L-6_H-384_A-12)" in capsys.readouterr().out
+    assert torch.load(out, weights_only=True, mmap=True)["do_lower_case"] is False
+    assert bert_casing(out).lower is False
+    text = "Select the cells in Excel"
+    assert load_bert(out)[1].tokenize(text) == load_bert(cased)[1].tokenize(text)
+    assert load_bert(out)[1].tokenize(text)[0] != "select"
+    assert load_bert(out, lower_case=True)[1].tokenize(text)[0] == "select"          # an explicit flag wins
+
+    unnamed = linked_copy(tf, tmp_path / "mybert")          # says nothing: the converter asks for the flag
+    assert convert_bert_checkpoint.main([str(unnamed), str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "mybert: cannot tell" in err and "--cased" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.pt").exists()
+    assert convert_bert_checkpoint.main(["--cased", str(unnamed), str(tmp_path / "x.pt")]) == 0
+    assert "lower_case  False (given)" in capsys.readouterr().out and bert_casing(tmp_path / "x.pt").lower is False
 
 
 def test_ensure_default_bert_converts_once(package_dir, tmp_path):

@@ -198,7 +198,32 @@ def test_dev_bleu_cpu_time_and_cpu_budget(work, tmp_path):
     assert epoch["event"] == "epoch" and epoch["dev_bleu_search"] == "greedy"
     assert 0 <= epoch["dev_bleu"] <= 100 and epoch["cpu_seconds"] > 0
     ckpt = torch.load(tmp_path / "direct" / "checkpoint_last.pt", weights_only=True)
-    assert 0 < ckpt["cpu_seconds"] <= epoch["cpu_seconds"] + 0.05     # saved just before the dev BLEU
+    assert 0 < ckpt["cpu_seconds"] <= epoch["cpu_seconds"] + 0.05     # saved just after the epoch's record
+
+
+def test_metrics_add_up_after_a_resume(work, tmp_path):
+    """A resumed epoch's record covers the whole epoch (its partial sums travel in the checkpoint),
+    and what a killed run logged past its last checkpoint is not kept twice."""
+    def cfg(name, **kw):        # one pair per batch: 40 updates per epoch, a "train" record at update 100
+        return make_cfg(work, tmp_path / name, stage="direct", max_sentences=1, max_epochs=3, **kw)
+
+    def records(name):
+        return [json.loads(line) for line in (tmp_path / name / "direct" / "metrics.jsonl").read_text().splitlines()]
+    setup(cfg("straight"), print_fn=quiet).fit()
+    setup(cfg("resumed", max_steps=55), print_fn=quiet).fit()            # stopped 15 updates into epoch 2
+    with open(tmp_path / "resumed" / "direct" / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"event": "train", "step": 100, "epoch": 3}) + "\n")   # as if killed later on
+        f.write(json.dumps({"event": "epoch", "epoch": 2, "step": 80}) + "\n")
+        f.write('{"event": "tra')                                         # a line cut short by the kill
+    setup(cfg("resumed", resume=True), print_fn=quiet).fit()
+    straight, resumed = records("straight"), records("resumed")
+    assert [r["step"] for r in resumed if r["event"] == "train"] == [100]
+    epochs = [r for r in resumed if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    for a, b in zip([r for r in straight if r["event"] == "epoch"], epochs, strict=True):
+        assert (a["train"]["tokens"], a["train"]["sentences"]) == (b["train"]["tokens"], b["train"]["sentences"])
+        assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], abs=1e-5)
+        assert a["dev"]["loss"] == pytest.approx(b["dev"]["loss"], abs=1e-5)
 
 
 def test_token_batching_holds_max_sentences_on_average(work, tmp_path):
@@ -344,3 +369,53 @@ def test_bad_lenpen_grid_is_a_config_error(work, tmp_path, capsys):
         code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--run-dir", str(tmp_path),
                              "--lenpen-grid", grid], capsys)
         assert code == 2 and "--lenpen-grid" in err, err
+
+
+def test_data_and_bert_casing_must_agree(work, tmp_path, capsys):
+    """Data prepared lower-cased (its source.json) and a BERT that keeps case: refused at start, naming
+    both and the flag that accepts it; with --allow-casing-mismatch a warning. The BERT's own casing
+    comes from what it says (here: what its .pt records)."""
+    from nmt.train.assemble import check_casing
+    from nmt.weights.pretrained import Casing, load_native
+    cased = tmp_path / "tiny_cased_bert.pt"
+    save_native(dataclasses.replace(load_native(work["bert"]), do_lower_case=False), cased)
+    code, err = run_cli(["--data", str(work["data"]), "--bert", str(cased), "--run-dir", str(tmp_path / "run"),
+                         "--max-steps", "1"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert str(work["data"] / "source.json") in err and "lower-cased" in err
+    assert f"the BERT {cased} keeps case (recorded in {cased})" in err and "--allow-casing-mismatch" in err
+    assert not (tmp_path / "run" / "decoder" / "checkpoint_last.pt").exists()
+    messages = []
+    setup(make_cfg(work, tmp_path / "run", bert=str(cased), allow_casing_mismatch=True), print_fn=messages.append)
+    assert [m for m in messages if m.startswith("warning: ") and "keeps case" in m]
+    messages.clear()
+    setup(make_cfg(work, tmp_path / "run"), print_fn=messages.append)                  # the same casing: silent
+    assert not [m for m in messages if "casing" in m or "warning" in m]
+    check_casing(Casing(None, "no tokenizer_config.json"), True, Path("bert"), work["data"], False, messages.append)
+    assert "using the data's: lower-cased" in messages[-1]          # a BERT that does not say takes the data's
+
+
+def test_a_flipped_byte_in_binarized_data_is_caught_at_start(work, tmp_path, capsys):
+    """Same size, one bit flipped in train.src.bin: a clear error naming the file before training, not an
+    IndexError in the embedding mid-run."""
+    data = tmp_path / "data"
+    shutil.copytree(work["data"], data)
+    with open(data / "train.src.bin", "r+b") as f:
+        f.seek(4 * 5 + 3)                                  # the high byte of the 6th id: far out of range
+        byte = f.read(1)
+        f.seek(4 * 5 + 3)
+        f.write(bytes([byte[0] ^ 0x40]))
+    code, err = run_cli(["--data", str(data), "--bert", str(work["bert"]), "--run-dir", str(tmp_path / "run"),
+                         "--max-steps", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{data / 'train.src.bin'}: contents do not match the sha256" in err and "prepare the data again" in err
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--lr", "nan"), ("--train-lr", "inf"), ("--dropout", "nan"), ("--label-smoothing", "nan"),
+    ("--clip-norm", "nan"), ("--clip-norm", "-1"), ("--warmup-epochs", "nan"), ("--warmup-reference", "inf"),
+    ("--max-cpu-minutes", "nan"), ("--max-cpu-minutes", "inf"), ("--encoder-dropout", "nan"), ("--adam-beta2", "1"),
+])
+def test_float_flags_that_make_no_sense_are_refused(work, tmp_path, capsys, flag, value):
+    code, err = run_cli(["--data", str(work["data"]), "--run-dir", str(tmp_path), flag, value], capsys)
+    assert code == 2 and err.startswith(f"error: {flag} must be") and err.count("\n") == 1, err

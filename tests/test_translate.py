@@ -1,4 +1,6 @@
 """translate.py end to end on a tiny checkpoint built here (BERT-arch model + WordPiece source + BPE target)."""
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -214,11 +216,59 @@ def test_default_length_penalty_is_the_checkpoints_choice(tmp_path, ckpt, capsys
 def test_os_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, ckpt, capsys, monkeypatch):
     src = tmp_path / "in.txt"
     src.write_text("the cat sat .\n", encoding="utf-8")
-    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--output", tmp_path / "no" / "such" / "x.txt")
-    assert code == 2 and err.startswith("error: ") and "No such file or directory" in err and err.count("\n") == 1
+    dst = tmp_path / "out.txt"
+    dst.write_text("yesterday's translations\n", encoding="utf-8")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full_disk)             # atomic_write's flush to disk fails as on a full disk
+        code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--output", dst)
+    assert code == 2 and err.startswith("error: ") and "No space left on device" in err and err.count("\n") == 1
+    assert dst.read_text(encoding="utf-8") == "yesterday's translations\n"      # untouched: no partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt", "tiny.pt"]
     # a plain ValueError is a bug, not bad input: it is not turned into an error line
     def broken(self, *args, **kwargs):
         raise ValueError("a bug")
     monkeypatch.setattr(translate.Translator, "translate", broken)
     with pytest.raises(ValueError, match="a bug"):
         translate.main(["--quiet", "--checkpoint", str(ckpt), "--input", str(src)])
+
+
+def test_output_that_cannot_be_written_fails_before_decoding(tmp_path, ckpt, capsys, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat .\n", encoding="utf-8")
+    loaded = []
+    monkeypatch.setattr(translate.Translator, "from_checkpoint", lambda *a, **k: loaded.append(a))
+    cases = [(tmp_path / "no" / "such" / "x.txt", f"the directory {tmp_path / 'no' / 'such'} does not exist"),
+             (tmp_path, "is a directory")]
+    if os.geteuid() != 0:                                 # root may write anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        cases.append((tmp_path / "ro" / "x.txt", "is not writable"))
+    for target, message in cases:
+        code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--output", target)
+        assert code == 2 and out == "" and err.startswith(f"error: --output {target}: ") and message in err
+        assert err.count("\n") == 1
+    assert not loaded and not (tmp_path / "no").exists()           # nothing loaded, nothing decoded
+
+
+@pytest.mark.parametrize("flag, value", [("--lenpen", "nan"), ("--lenpen", "inf"), ("--max-len-a", "nan"),
+                                         ("--max-len-a", "-1"), ("--beam", "-2"), ("--batch-size", "-1"),
+                                         ("--max-tokens", "0")])
+def test_numbers_that_make_no_sense_are_one_error_line(tmp_path, ckpt, capsys, flag, value):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat .\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, flag, value)
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert flag in err and "Traceback" not in err
+
+
+def test_a_device_that_is_not_there_is_one_error_line(tmp_path, ckpt, capsys, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat .\n", encoding="utf-8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)       # as with a CPU-only torch
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--device", "cuda")
+    assert code == 2 and out == ""
+    assert err == "error: --device cuda: CUDA is not available on this machine; use --device cpu\n"
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--device", "gpu0")
+    assert code == 2 and err.startswith("error: --device gpu0: not a device") and err.count("\n") == 1

@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'tokenized': Stanford pre-tokenized text, kept as is; 'raw': untokenized text")
     p.add_argument("--bert", default="default",
                    help="BERT model (native .pt, TF or HF dir) or its vocab.txt; 'default': installed MiniLM")
-    p.add_argument("--cased", action="store_true", help="with a bare vocab.txt: do not lower-case")
+    casing = p.add_mutually_exclusive_group()
+    casing.add_argument("--uncased", dest="lowercase", action="store_const", const=True,
+                        help="lower-case the source whatever the BERT says (default: as the BERT says: its "
+                             "tokenizer_config.json, Google's directory name uncased_L-.../cased_L-..., or what "
+                             "its converted .pt records)")
+    casing.add_argument("--cased", dest="lowercase", action="store_const", const=False,
+                        help="keep the source's case whatever the BERT says")
     p.add_argument("--bpe-merges", type=int, default=DEFAULT_BPE_MERGES, help="target BPE merges (default 16000)")
     p.add_argument("--source-bpe", action="store_true", help="Transformer baselines: BPE source instead of BERT")
     p.add_argument("--source-bpe-merges", type=int, help="source BPE merges (default: --bpe-merges)")
@@ -52,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prepare(args.out, train_prefix=args.train_prefix, valid_prefix=args.valid_prefix,
                 test_prefixes=args.test_prefix, src=args.src, tgt=args.tgt, target_mode=args.target_mode,
-                bert=args.bert, lowercase=not args.cased, bpe_merges=args.bpe_merges,
+                bert=args.bert, lowercase=args.lowercase, bpe_merges=args.bpe_merges,
                 source_bpe=args.source_bpe, source_bpe_merges=args.source_bpe_merges,
                 max_len=args.max_len, min_frequency=args.min_frequency)
     except (NmtError, OSError) as e:

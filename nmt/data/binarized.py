@@ -14,7 +14,8 @@ until a batch touches it). A data directory holds::
 
 Opening a split always checks file sizes against meta.json and the offsets against the id arrays
 (cheap); ``verify=True`` also recomputes the sha256 hashes and checks every id is inside its
-vocabulary (reads everything). Any problem is a :class:`DataError` that names the file.
+vocabulary (reads everything once; training opens its train and dev splits so, since a flipped
+bit would otherwise pass unnoticed or crash mid-run). Any problem is a :class:`DataError` that names the file.
 
 Batching is fairseq-like: sort by length with a random tie-break, cut greedily into batches of at
 most ``max_sentences`` sentences and ``max_tokens`` padded tokens, shuffle the batch order per
@@ -50,7 +51,7 @@ SIDES = ("src", "tgt")
 
 
 def _rerun_hint() -> str:
-    return "re-create it with tools/prepare_data.py"
+    return "prepare the data again (tools/prepare_data.py)"
 
 
 def vocab_fingerprint(tokens: Sequence[str]) -> str:
@@ -254,8 +255,9 @@ class ParallelData:
         for side, key in (("src", "source"), ("tgt", "target")):
             ids, size = self._bin[side], int(self.meta[key]["vocab_size"])
             if len(ids) and (ids.min() < 0 or ids.max() >= size):
-                raise DataError(f"{self.directory / f'{self.split}.{side}.bin'}: ids outside the {key} "
-                                f"vocabulary of {size} symbols (corrupt); {_rerun_hint()}")
+                at = int(np.argmax((ids < 0) | (ids >= size)))
+                raise DataError(f"{self.directory / f'{self.split}.{side}.bin'}: id {int(ids[at])} at position {at} "
+                                f"is outside the {key} vocabulary of {size} symbols (corrupt); {_rerun_hint()}")
 
     def __len__(self) -> int:
         return self.num_pairs

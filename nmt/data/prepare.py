@@ -7,8 +7,9 @@ training memory-maps. ``tools/prepare_data.py`` is the command line over :func:`
 prepares the embedded demo corpus once with :func:`prepare_demo`.
 
 Source: BERT WordPiece with the BERT model's vocabulary (``bert``: a model path load_bert reads,
-a ``vocab.txt``, or ``default`` for the installed all-MiniLM-L6-v2), or with ``source_bpe`` its own
-BPE (the Transformer baselines). Target: BPE learned on the TRAINING target only (``bpe_merges``),
+a ``vocab.txt``, or ``default`` for the installed all-MiniLM-L6-v2), lower-cased as the model says
+(nmt.weights.pretrained.decide_lower_case, the rule load_bert follows too) unless ``lowercase`` says
+otherwise, or with ``source_bpe`` its own BPE (the Transformer baselines). Target: BPE learned on the TRAINING target only (``bpe_merges``),
 applied to every split; the target vocabulary is every BPE symbol of the kept training target.
 
 Validation and filtering (counted, reported in the summary table):
@@ -61,12 +62,13 @@ from nmt.data.binarized import (
     write_json,
 )
 from nmt.errors import DataError
-from nmt.files import DEMO_DIR
+from nmt.files import DEMO_DIR, remove_stale_temporaries
 from nmt.text.bpe import BPE, learn_bpe
 from nmt.text.lines import open_text_lines
 from nmt.text.pipeline import MODES, SourcePipeline, TargetPipeline, pre_bpe_tokens
 from nmt.text.vocab import Vocab
 from nmt.text.wordpiece import WordPieceTokenizer
+from nmt.weights.pretrained import decide_lower_case, load_bert
 
 DEFAULT_BPE_MERGES = 16000
 DEFAULT_MAX_LEN = 250
@@ -97,14 +99,15 @@ class SplitStats:
 
 def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, target_mode: str,
             valid_prefix: str | Path | None = None, test_prefixes: Sequence[str | Path] = (),
-            bert: str | Path | None = None, lowercase: bool = True, bpe_merges: int = DEFAULT_BPE_MERGES,
+            bert: str | Path | None = None, lowercase: bool | None = None, bpe_merges: int = DEFAULT_BPE_MERGES,
             source_bpe: bool = False, source_bpe_merges: int | None = None, max_len: int = DEFAULT_MAX_LEN,
             min_frequency: int = 2, reuse: bool = False, print_fn: Callable[[str], None] = print) -> dict:
     """Prepare the data directory ``out``; returns its meta.json contents (with a "summary" table).
 
     Splits are named "train", "valid" and "test", "test1", ... in the order of test_prefixes.
     With ``reuse=True`` an existing ``out`` prepared from the same inputs and settings is returned
-    as is (train.py uses this for its cached demo data).
+    as is (train.py uses this for its cached demo data). ``lowercase``: --uncased (True) / --cased
+    (False); None: as the BERT says.
     """
     out = Path(out)
     if target_mode not in MODES:
@@ -148,6 +151,8 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
                                                source_merges=source_merges, min_frequency=min_frequency,
                                                print_fn=print_fn)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(out.parent, also=(), names=f".{out.name}.tmp-*"):
+        print_fn(f"removed {stale}, left behind by an interrupted preparation")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -227,13 +232,13 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path}: unreadable JSON ({e})") from None
 
 
-def load_source_tokenizer(bert: str | Path | None, lowercase: bool) -> tuple[WordPieceTokenizer, int]:
+def load_source_tokenizer(bert: str | Path | None, lowercase: bool | None = None) -> tuple[WordPieceTokenizer, int]:
     """The BERT WordPiece tokenizer and the encoder's max positions for ``--bert``.
 
     Only the vocabulary and the config are needed, so model directories (Google TF layout with
-    bert_config.json, or HF with config.json) are read without loading weights: vocab.txt, the
-    config's max_position_embeddings, and tokenizer_config.json's do_lower_case when present
-    (else ``lowercase``). ``default`` is the installed all-MiniLM-L6-v2 (uncased). A native .pt
+    bert_config.json, or HF with config.json) are read without loading weights. Lower-casing:
+    ``lowercase`` if given, else the model's (decide_lower_case; for a bare vocab.txt, its
+    directory's). ``default`` is the installed all-MiniLM-L6-v2. A native .pt
     (tools/convert_bert_checkpoint.py) goes through nmt.weights.pretrained.load_bert.
     """
     if bert is None or str(bert) == "default":
@@ -241,20 +246,17 @@ def load_source_tokenizer(bert: str | Path | None, lowercase: bool) -> tuple[Wor
         bert = default_vocab_path().parent
     path = Path(bert)
     if path.is_file() and path.suffix == ".txt":          # a bare vocab.txt: BERT's 512 positions
-        return WordPieceTokenizer.from_file(path, do_lower_case=lowercase), 512
+        return WordPieceTokenizer.from_file(path, do_lower_case=decide_lower_case(path, lowercase)), 512
     if path.is_dir() and (path / "vocab.txt").is_file():
         configs = [path / n for n in ("config.json", "bert_config.json") if (path / n).is_file()]
         if not configs:
             raise DataError(f"{path}: has vocab.txt but no config.json or bert_config.json")
         max_positions = int(_read_json(configs[0]).get("max_position_embeddings", 512))
-        tok_config = path / "tokenizer_config.json"
-        if tok_config.is_file():
-            lowercase = bool(_read_json(tok_config).get("do_lower_case", lowercase))
-        return WordPieceTokenizer.from_file(path / "vocab.txt", do_lower_case=lowercase), max_positions
+        lower = decide_lower_case(path, lowercase)
+        return WordPieceTokenizer.from_file(path / "vocab.txt", do_lower_case=lower), max_positions
     if not path.exists():
         raise DataError(f"{path}: BERT model or vocab.txt not found (use --bert default for the installed model)")
-    from nmt.weights.pretrained import load_bert
-    encoder, tokenizer = load_bert(path)
+    encoder, tokenizer = load_bert(path, lower_case=lowercase)
     return tokenizer, int(encoder.config.max_position_embeddings)
 
 

@@ -57,6 +57,24 @@ class TranslationResult:
 EMPTY = TranslationResult([TranslationHypothesis("", 0.0)])
 
 
+def translation_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device ("auto": CUDA when available), checked before anything is loaded:
+    CUDA on a machine without it is a TranslateError (training's --device check says the same)."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TranslateError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TranslateError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TranslateError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                                 f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory: then its best model (finetune, else decoder, ...)."""
     path = Path(path)
@@ -76,6 +94,7 @@ class Translator:
         """Load for decoding: every Linear swapped for a faster inference kernel (oneDNN-packed fp32
         on the CPU; ``int8``: the decoder's in int8, CPU only; nmt/cpu/inference_linear.py). The default
         length penalty is the checkpoint's dev-set choice (nmt/decode/length_penalty.py), else 1.0."""
+        device = translation_device(device)
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)            # checks it has model_spec, model, source and target
         source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
@@ -85,7 +104,6 @@ class Translator:
             raise TranslateError(f"{path}: vocabulary sizes (source {len(source.vocab_tokens)}, target "
                                  f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
                                  f"{spec.tgt_vocab_size})")
-        device = torch.device(device)
         try:
             model = prepare_for_translation(model.to(device), int8=int8)
         except (ValueError, RuntimeError) as e:

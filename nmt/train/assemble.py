@@ -65,7 +65,9 @@ def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, 
     if "valid" not in splits:
         raise TrainingError(f"{directory}: no dev set (split 'valid'; has {', '.join(sorted(splits)) or 'none'}); "
                             f"early stopping needs one: prepare the data with tools/prepare_data.py --valid-prefix")
-    train, valid = ParallelData(directory, "train"), ParallelData(directory, "valid")
+    # verify: every file against its sha256 in meta.json and every id against its vocabulary, so a
+    # damaged file is a clear error here instead of an IndexError or a silent change mid-training
+    train, valid = ParallelData(directory, "train", verify=True), ParallelData(directory, "valid", verify=True)
     for data in (train, valid):
         if len(data) == 0:
             raise TrainingError(f"{directory}: the {data.split!r} split is empty (0 sentence pairs); check the "
@@ -74,13 +76,35 @@ def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, 
 
 
 def _load_bert_for(cfg: TrainConfig, source: SourcePipeline, data_dir: Path, print_fn) -> tuple:
-    from nmt.weights.pretrained import ensure_default_bert, load_bert
+    from nmt.weights.pretrained import bert_casing, ensure_default_bert, load_bert
     path = Path(cfg.bert) if cfg.bert else ensure_default_bert(print_fn=print_fn)
-    encoder, tokenizer = load_bert(path)
+    casing = bert_casing(path)
+    # a BERT that does not say how it cases its input takes the data's (decided when it was prepared)
+    encoder, tokenizer = load_bert(path, lower_case=source.do_lower_case if casing.lower is None else None)
     if source.kind != "wordpiece" or list(tokenizer.vocab_tokens) != source.vocab_tokens:
         raise TrainingError(f"{data_dir}: the data's source side was not encoded with the WordPiece vocabulary of "
                             f"{path}; prepare the data with this BERT (tools/prepare_data.py --bert {path})")
+    check_casing(casing, source.do_lower_case, path, data_dir, cfg.allow_casing_mismatch, print_fn)
     return encoder, path
+
+
+def check_casing(casing, data_lower: bool, bert_path: Path, data_dir: Path, allow: bool, print_fn) -> None:
+    """The data's lower-casing (its source.json) must be the BERT's: an uncased BERT reading cased text
+    (or the reverse) sees many unknown or rare word pieces. A TrainingError naming both, unless
+    ``allow`` (--allow-casing-mismatch); nothing to compare when the BERT does not say."""
+    data_says = f"{'lower-cased' if data_lower else 'case-kept'} (do_lower_case {str(data_lower).lower()} in " \
+                f"{data_dir / 'source.json'})"
+    if casing.lower is None:
+        print_fn(f"encoder casing: {bert_path} {casing.describe()}; using the data's: {data_says}")
+        return
+    if casing.lower == data_lower:
+        return
+    message = (f"{data_dir}: the source side was prepared {data_says}, but the BERT {bert_path} "
+               f"{casing.describe()}; prepare the data again with this BERT (tools/prepare_data.py --bert "
+               f"{bert_path}), or pass --allow-casing-mismatch to train on it anyway")
+    if not allow:
+        raise TrainingError(message)
+    print_fn(f"warning: {message}")
 
 
 def build_new_model(cfg: TrainConfig, source: SourcePipeline, target: TargetPipeline, data_dir: Path,

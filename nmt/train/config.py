@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class TrainConfig:
     data: str | None = flag(None, "prepared data directory (tools/prepare_data.py); none: the embedded demo corpus")
     pair: str = flag("en-de", "demo direction when --data is not given: en-de or en-vi")
     bert: str | None = flag(None, "BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2")
+    allow_casing_mismatch: bool = flag(False, "train although the data was prepared with another lower-casing than "
+                                              "the BERT's (source.json vs the BERT's tokenizer_config.json, Google's "
+                                              "directory name or what its .pt records)")
     init: str | None = flag(None, "finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt")
     run_dir: str | None = flag(None, "run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH "
                                      "for baselines)")
@@ -130,6 +134,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for f in fields(self):          # a NaN or an infinity makes no sense in any float setting
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.max_cpu_minutes is not None and not self.max_cpu_minutes > 0:
             raise ConfigError(f"--max-cpu-minutes must be positive, got {self.max_cpu_minutes}")
         for name in ("max_tokens", "max_steps", "warmup_steps"):
@@ -142,8 +150,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
-            raise ConfigError("--label-smoothing and --dropout must be in [0, 1)")
+        for name in ("label_smoothing", "dropout", "encoder_dropout", "adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        for name in ("clip_norm", "weight_decay", "cache_max_gb"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"--adam-eps must be positive, got {self.adam_eps}")
         self.kept_epochs()
         try:
             grid = parse_grid(self.lenpen_grid)

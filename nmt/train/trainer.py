@@ -60,7 +60,14 @@ from nmt.train.encoder_cache import EncoderCache, plan_cache, remove_cache_file
 from nmt.train.end_of_stage import DevText, greedy_dev_bleu, store_length_penalty_choice
 from nmt.train.evaluation import Totals, dev_batches, sum_losses
 from nmt.train.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
-from nmt.weights.checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state, stage_dir
+from nmt.weights.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    stage_dir,
+)
 
 # ----------------------------------------------------------------------------------------------
 # setup: from a config to a Trainer

