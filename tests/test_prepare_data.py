@@ -153,6 +153,20 @@ def test_reuse_and_refusal_to_overwrite(tmp_path):
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
 
 
+def test_a_killed_preparation_leaves_nothing_behind_once_rerun(tmp_path):
+    """prepare_data.py builds in .OUT.tmp-PID and renames; a kill -9 leaves that folder: the next
+    preparation of OUT removes it (its process is gone), and nothing that is not ours."""
+    prefix = write_pairs(tmp_path, "train", ["a cat", "a dog"], ["mèo", "chó"])
+    stale = tmp_path / ".out.tmp-999999999"                  # no such process
+    (stale / "sub").mkdir(parents=True)
+    (stale / "train.src.bin").write_bytes(b"half")
+    other = tmp_path / ".other.tmp-999999999"                # another directory's: not touched
+    other.mkdir()
+    small_prepare(tmp_path / "out", prefix)
+    assert not stale.exists() and other.is_dir() and (tmp_path / "out" / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".other.tmp-999999999"]
+
+
 def prepared_files(out):
     """Every file of a data directory, and meta.json without the --bert path it records."""
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "meta.json"}
