@@ -58,7 +58,7 @@ def run_rewrap(job, dist, quiet) -> dict:
         trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=0.0)
     batch = collate(trainer.train_data, trainer.epoch_batches(0)[0], trainer.src_pad_id)   # a different batch per rank
     before = trainer.model.encoder.embeddings.word.weight.detach().clone()
-    trainer.train_step(batch)
+    trainer.train_step([batch])
     after = trainer.model.encoder.embeddings.word.weight.detach()
     mine = torch.tensor([float(after.double().sum()), float((after - before).abs().max())], dtype=torch.float64)
     everyone = [torch.zeros_like(mine) for _ in range(dist.world_size)]

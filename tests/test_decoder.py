@@ -127,3 +127,64 @@ def test_config_roundtrip_and_validation():
         DecoderConfig(embed_dim=10, num_heads=3, ffn_dim=40)
     with pytest.raises(ValueError, match="unknown decoder config keys"):
         DecoderConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def padded_batch(H=16):
+    """Two sentences: the second has two padded source positions (mask False) and a padded target."""
+    torch.manual_seed(1)
+    enc = torch.randn(2, 5, H)
+    src_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    prev = torch.tensor([[Vocab.BOS, 5, 7], [Vocab.BOS, 6, Vocab.PAD]])           # T = 3
+    return prev, enc, src_mask
+
+
+def test_cross_attention_weights_are_probabilities_over_real_source_tokens():
+    dec = tiny(layers=3)
+    prev, enc, src_mask = padded_batch()
+    weights = dec.cross_attention_weights(prev, enc, src_mask)
+    assert len(weights) == 3
+    for w in weights:
+        assert w.shape == (2, 4, 3, 5)                               # [B,h,T,S]
+        assert (w >= 0).all() and (w[1, :, :, 3:] == 0).all()         # nothing on source padding
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 3), atol=1e-6, rtol=0)
+        assert (w[1, :, :, :3] > 0).all()                            # every real token gets some weight
+    # layers differ: each layer's own probabilities, not one copied through
+    assert not torch.allclose(weights[0], weights[-1])
+
+
+def test_explicit_attention_path_gives_the_sdpa_output():
+    dec = tiny(layers=3)
+    prev, enc, src_mask = padded_batch()
+    with torch.no_grad():
+        x, weights = dec.features_and_cross_attention(prev, enc, src_mask)
+        torch.testing.assert_close(x, dec.features(prev, enc, src_mask), atol=1e-6, rtol=0)
+        torch.testing.assert_close(dec.output_projection(x), dec(prev, enc, src_mask), atol=1e-5, rtol=0)
+        # and the weights are the ones that produced that output: re-attend the values by hand
+        layer = dec.layers[0]
+        h, d = layer.cross_attn.num_heads, layer.cross_attn.head_dim
+        k, v = layer.cross_attn.memory_kv(enc)                              # [B,h,S,d]
+        x0 = dec._embed(prev, make_positions(prev, dec.pad_id))
+        x0 = layer.self_attn_norm(x0 + layer.self_attn(x0, causal=True))
+        q = layer.cross_attn.q(x0).view(2, 3, h, d).transpose(1, 2)            # [B,h,T,d]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        ref = scores.masked_fill(~src_mask[:, None, None, :], float("-inf")).softmax(-1)
+        torch.testing.assert_close(weights[0], ref, atol=1e-6, rtol=0)
+
+
+def test_cross_attention_weights_with_beam_rows_per_sentence():
+    """G query rows per source sentence (the beam layout): each row's weights are its own."""
+    dec = tiny(layers=1)
+    attn = dec.layers[0].cross_attn
+    prev, enc, src_mask = padded_batch()
+    k, v = attn.memory_kv(enc)
+    mask = src_mask[:, None, None, :]
+    torch.manual_seed(2)
+    x = torch.randn(2 * 3, 3, 16)                                        # N = B * G, G = 3
+    with torch.no_grad():
+        y, w = attn(x, k, v, mask, need_weights=True)
+        torch.testing.assert_close(y, attn(x, k, v, mask), atol=1e-6, rtol=0)
+        for n in range(6):                                               # row n reads sentence n // 3
+            b = n // 3
+            y1, w1 = attn(x[n:n + 1], k[b:b + 1], v[b:b + 1], mask[b:b + 1], need_weights=True)
+            torch.testing.assert_close(w[n:n + 1], w1, atol=1e-6, rtol=0)
+    assert w.shape == (6, 4, 3, 5) and (w[3:, :, :, 3:] == 0).all()

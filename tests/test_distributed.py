@@ -172,6 +172,20 @@ def test_two_processes_match_one_process_over_the_same_global_batches(work, exac
             pytest.approx(ref.best_dev_loss, abs=1e-5)
 
 
+def test_update_freq_on_two_processes_matches_one_process(work, exact_bert, tmp_path):
+    """--update-freq 2 under DDP (gradients synchronised once per update, with the last batch) gives
+    the parameters of one process whose updates take the union batches, two at a time."""
+    dist_dir, ref_dir = tmp_path / "dist", tmp_path / "ref"
+    cfg = dict(stage="decoder", encoder_cache="memory", max_steps=3, update_freq=2, bert=exact_bert, **EXACT)
+    proc, results = torchrun(tmp_path, [{"kind": "train", "cfg": config_dict(work, dist_dir, **cfg)}])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert results[0]["step"] == 3 and results[0]["batches_per_epoch"] == 3      # 2 updates per epoch: crosses one
+    ref = union_batches(setup(make_cfg(work, ref_dir, **cfg), print_fn=quiet))
+    ref.fit()
+    assert ref.step == 3
+    assert_same_parameters(ref.model.state_dict(), dist_dir / "decoder" / "checkpoint_last.pt")
+
+
 def test_rewrapping_after_a_stage_change_syncs_the_encoder(work, exact_bert, tmp_path):
     """DDP syncs only the parameters that required grad when it was built: Trainer.set_stage re-wraps,
     so after decoder -> finetune both ranks' encoders take the same update; without it they drift."""

@@ -13,7 +13,7 @@ import torch
 
 import train as train_cli
 from nmt.data.binarized import SplitWriter, collate
-from nmt.errors import DivergedError
+from nmt.errors import ConfigError, DivergedError
 from nmt.model.bert import BertConfig, BertEncoder
 from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
 from nmt.train.config import TrainConfig
@@ -92,7 +92,7 @@ def test_tiny_model_overfits_real_pairs(work, tmp_path):
     batch = collate(trainer.train_data, np.arange(8), trainer.src_pad_id)
     first = None
     for _ in range(150):
-        loss_sum, nll_sum, _ = trainer.train_step(batch)
+        loss_sum, nll_sum, _ = trainer.train_step([batch])
         trainer.step += 1
         first = first if first is not None else nll_sum / batch.num_tokens
     trainer.model.eval()
@@ -141,7 +141,7 @@ def test_cached_stage1_matches_uncached(work, tmp_path):
         assert (trainer.cache is not None) == (mode == "memory")
         seen = []
         step = trainer.train_step
-        trainer.train_step = lambda batch: seen.append(step(batch)[0] / batch.num_tokens) or (seen[-1], 0.0, 0.0)
+        trainer.train_step = lambda group: seen.append(step(group)[0] / group[0].num_tokens) or (seen[-1], 0.0, 0.0)
         trainer.maybe_build_cache = lambda: None
         trainer.fit()
         losses[mode] = seen
@@ -419,3 +419,57 @@ def test_a_flipped_byte_in_binarized_data_is_caught_at_start(work, tmp_path, cap
 def test_float_flags_that_make_no_sense_are_refused(work, tmp_path, capsys, flag, value):
     code, err = run_cli(["--data", str(work["data"]), "--run-dir", str(tmp_path), flag, value], capsys)
     assert code == 2 and err.startswith(f"error: {flag} must be") and err.count("\n") == 1, err
+
+
+# ---------------------------------------------------------------------------------------------- update-freq, epochs kept, best metric
+
+def test_update_freq_accumulates_the_gradient_of_one_large_batch(work, tmp_path):
+    """--update-freq: the gradients of an update over two batches equal those of one batch holding
+    both (stage 1, decoder dropout off: the random streams of one pass and two would differ)."""
+    def grads(name, groups):
+        trainer = setup(make_cfg(work, tmp_path / name, stage="decoder", dropout=0.0, update_freq=len(groups)),
+                        print_fn=quiet)
+        trainer.optimizer.step = lambda: None            # keep the gradients, change nothing
+        batches = [collate(trainer.train_data, np.array(idx), trainer.src_pad_id) for idx in groups]
+        trainer.train_step(batches)
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    a = grads("two", [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]])         # different sizes and token counts
+    b = grads("one", [list(range(10))])
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_update_freq_counts_updates_for_the_schedule(work, tmp_path):
+    # 5 batches per epoch in groups of 2: 3 updates (2 + 2 + 1); warm-up in epochs counts updates
+    trainer = setup(make_cfg(work, tmp_path, stage="direct", update_freq=2, warmup_steps=None, warmup_epochs=1.0,
+                             max_epochs=2), print_fn=quiet)
+    assert (trainer.batches_per_epoch, trainer.updates_per_epoch, trainer.warmup_steps) == (5, 3, 3)
+    assert trainer.fit() == "max_epochs" and trainer.step == 6
+    start, *_, last = [json.loads(x) for x in (tmp_path / "direct" / "metrics.jsonl").read_text().splitlines()]
+    assert start["updates_per_epoch"] == 3 and start["tokens_per_update"] > 0
+    epochs = [json.loads(x) for x in (tmp_path / "direct" / "metrics.jsonl").read_text().splitlines()
+              if '"epoch"' in x and '"event": "epoch"' in x]
+    assert [e["train"]["sentences"] for e in epochs] == [40, 40]     # every pair, once per epoch
+
+
+def test_keep_last_epochs_keeps_those_and_the_listed_ones(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=5, keep_last_epochs=2,
+                             epoch_checkpoints="1"), print_fn=quiet)
+    trainer.fit()
+    stage = tmp_path / "decoder"
+    assert sorted(p.name for p in stage.glob("checkpoint_epoch*.pt")) == \
+        ["checkpoint_epoch1.pt", "checkpoint_epoch4.pt", "checkpoint_epoch5.pt"]
+    assert load_checkpoint(stage / "checkpoint_epoch4.pt")["epoch"] == 4
+
+
+def test_best_metric_bleu_picks_the_best_checkpoint_by_dev_bleu(work, tmp_path, monkeypatch):
+    bleus = iter([5.0, 9.0, 7.0, 8.0])              # epoch 2 is the best by BLEU, whatever the dev loss does
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=10, dev_bleu=True, best_metric="bleu",
+                             patience=2), print_fn=quiet)
+    monkeypatch.setattr(trainer, "dev_bleu", lambda: next(bleus))
+    assert trainer.fit() == "converged" and trainer.epoch == 4        # epochs 3 and 4 did not beat 9.0
+    best = load_checkpoint(tmp_path / "decoder" / "checkpoint_best.pt")
+    assert best["epoch"] == 2 and best["best_dev_bleu"] == 9.0
+    with pytest.raises(ConfigError, match="--best-metric bleu needs --dev-bleu"):
+        make_cfg(work, tmp_path, best_metric="bleu", dev_bleu=False).validate()

@@ -58,7 +58,7 @@ def worker(args) -> None:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         batch = collate(trainer.train_data, idx, trainer.src_pad_id).to(trainer.device)
-        trainer.train_step(batch)
+        trainer.train_step([batch])
         trainer.step += 1
         if i >= args.warmup:
             tokens += batch.num_tokens

@@ -19,6 +19,11 @@ and values of the prefix, and the cross-attention keys and values of the encoder
 ONCE per source sentence and shared by all of its beams (the beams' queries are attended as extra
 query rows of one attention call, so beam reordering never copies them).
 
+For inspection, :meth:`TransformerDecoder.cross_attention_weights` runs a teacher-forced pass that
+also returns each layer's cross-attention probabilities (``need_weights=True`` down to
+:class:`CrossAttention`, which then computes them explicitly); every other path keeps
+``F.scaled_dot_product_attention``, which never forms them.
+
 A worked example (a tiny decoder; ``step`` reproduces the full forward pass):
 
 >>> import torch
@@ -242,16 +247,36 @@ class CrossAttention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """x [N,T,H] with N = B*G; k, v [B,h,S,d]; mask [B,1,1,S] bool -> [N,T,H]."""
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x [N,T,H] with N = B*G; k, v [B,h,S,d]; mask [B,1,1,S] bool -> [N,T,H].
+
+        ``need_weights``: also return the attention probabilities [N,h,T,S] (0 at padding),
+        computed explicitly (:meth:`explicit_attention`); otherwise SDPA, which never forms them.
+        """
         N, T, H = x.shape
         B = k.size(0)
         G, h, d = N // B, self.num_heads, self.head_dim
         q = self.q(x).view(B, G, T, h, d).permute(0, 3, 1, 2, 4).reshape(B, h, G * T, d)   # [B,h,G*T,d]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            y, probs = self.explicit_attention(q, k, v, mask, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.view(B, h, G, T, d).permute(0, 2, 3, 1, 4).reshape(N, T, H)                  # [N,T,H]
-        return self.out(y)
+        if not need_weights:
+            return self.out(y)
+        S = k.size(2)
+        return self.out(y), probs.view(B, h, G, T, S).transpose(1, 2).reshape(N, h, T, S)
+
+    def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                           dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
+        """What SDPA computes, with its probabilities kept: softmax(q k^T / sqrt(d)) over the real
+        source tokens. q [B,h,Q,d], k, v [B,h,S,d], mask [B,1,1,S] -> y [B,h,Q,d], probs [B,h,Q,S]."""
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim ** -0.5         # [B,h,Q,S]
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        y = torch.matmul(F.dropout(probs, dropout_p, training=dropout_p > 0), v)
+        return y, probs
 
 
 class FeedForward(nn.Module):
@@ -281,15 +306,23 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(H)
         self.dropout = cfg.dropout
 
-    def _rest(self, x: Tensor, a: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def _rest(self, x: Tensor, a: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+              need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         drop = lambda y: F.dropout(y, self.dropout, self.training)   # noqa: E731
         x = self.self_attn_norm(x + drop(a))
-        x = self.cross_attn_norm(x + drop(self.cross_attn(x, k, v, mask)))
-        return self.ffn_norm(x + drop(self.ffn(x)))
+        if need_weights:
+            c, probs = self.cross_attn(x, k, v, mask, need_weights=True)
+        else:
+            c = self.cross_attn(x, k, v, mask)
+        x = self.cross_attn_norm(x + drop(c))
+        x = self.ffn_norm(x + drop(self.ffn(x)))
+        return (x, probs) if need_weights else x
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """x [B,T,H]; k, v [B,h,S,d] of the encoder output; mask [B,1,1,S] -> [B,T,H]."""
-        return self._rest(x, self.self_attn(x, causal=True), k, v, mask)
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x [B,T,H]; k, v [B,h,S,d] of the encoder output; mask [B,1,1,S] -> [B,T,H]
+        (``need_weights``: and the cross-attention probabilities [B,h,T,S])."""
+        return self._rest(x, self.self_attn(x, causal=True), k, v, mask, need_weights)
 
     def step(self, x: Tensor, cache: dict, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """x [N,1,H] -> [N,1,H], appending this position's keys/values to ``cache``."""
@@ -327,6 +360,12 @@ class TransformerDecoder(nn.Module):
         x = self.embed_scale * self.embed_tokens(tokens) + self.positions[positions]
         return F.dropout(x, self.config.dropout, self.training)
 
+    def _embed_prefix(self, prev_tokens: Tensor) -> Tensor:
+        T = prev_tokens.size(1)
+        if T > self.max_positions:
+            raise ValueError(f"target prefix of {T} tokens exceeds the decoder's max_positions {self.max_positions}")
+        return self._embed(prev_tokens, make_positions(prev_tokens, self.pad_id))   # [B,T,H]
+
     def forward(self, prev_tokens: Tensor, encoder_out: Tensor, src_mask: Tensor) -> Tensor:
         """prev_tokens [B,T] (BOS y1 .. y_{T-1}, right-padded), encoder_out [B,S,H], src_mask [B,S] -> logits [B,T,V]."""
         return self.output_projection(self.features(prev_tokens, encoder_out, src_mask))
@@ -334,15 +373,32 @@ class TransformerDecoder(nn.Module):
     def features(self, prev_tokens: Tensor, encoder_out: Tensor, src_mask: Tensor) -> Tensor:
         """The last layer's output before the output projection: [B,T,H] (training fuses the
         projection into the loss, nmt/model/loss.py ``projected_label_smoothed_nll_loss``)."""
-        T = prev_tokens.size(1)
-        if T > self.max_positions:
-            raise ValueError(f"target prefix of {T} tokens exceeds the decoder's max_positions {self.max_positions}")
-        x = self._embed(prev_tokens, make_positions(prev_tokens, self.pad_id))   # [B,T,H]
+        x = self._embed_prefix(prev_tokens)                                      # [B,T,H]
         mask = src_mask[:, None, None, :]                                        # [B,1,1,S]
         for layer in self.layers:
             k, v = layer.cross_attn.memory_kv(encoder_out)                        # [B,h,S,d]
             x = layer(x, k, v, mask)
         return x                                                                 # [B,T,H]
+
+    def features_and_cross_attention(self, prev_tokens: Tensor, encoder_out: Tensor,
+                                     src_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`features` [B,T,H] and, per layer, the cross-attention probabilities [B,h,T,S]
+        (rows sum to 1 over the real source tokens, 0 at padding). Teacher-forced over
+        ``prev_tokens``: row t is what the decoder read from the source to predict token t + 1.
+        The probabilities are computed explicitly, so this path is for inspection, not speed."""
+        x = self._embed_prefix(prev_tokens)                                      # [B,T,H]
+        mask = src_mask[:, None, None, :]                                        # [B,1,1,S]
+        weights = []
+        for layer in self.layers:
+            k, v = layer.cross_attn.memory_kv(encoder_out)                        # [B,h,S,d]
+            x, probs = layer(x, k, v, mask, need_weights=True)
+            weights.append(probs)
+        return x, weights
+
+    def cross_attention_weights(self, prev_tokens: Tensor, encoder_out: Tensor, src_mask: Tensor) -> list[Tensor]:
+        """Per layer, the cross-attention probabilities [B,h,T,S] of a teacher-forced pass
+        (:meth:`features_and_cross_attention`): what tools/plot_attention.py draws."""
+        return self.features_and_cross_attention(prev_tokens, encoder_out, src_mask)[1]
 
     # -- incremental decoding --------------------------------------------------------------------
     def init_state(self, encoder_out: Tensor, src_mask: Tensor) -> DecoderState:

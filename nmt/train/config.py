@@ -55,6 +55,10 @@ class TrainConfig:
                                "data position)")
     epoch_checkpoints: str | None = flag(None, 'also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" '
                                                "(fine-tuning after N epochs of stage 1, the paper's Table 4)")
+    keep_last_epochs: int = flag(0, "keep checkpoint_epochN.pt of the last N epochs (older ones are removed unless "
+                                    "--epoch-checkpoints lists them), e.g. for tools/average_checkpoints.py; 0: none")
+    best_metric: str = flag("loss", "the dev score that picks checkpoint_best.pt and drives early stopping: loss "
+                                    "(dev loss, lower is better) | bleu (greedy dev BLEU, higher; needs --dev-bleu)")
     # ---- optimisation (paper, Table 2)
     lr: float | None = flag(None, "peak learning rate; none: --train-lr (--finetune-lr for stage finetune)")
     train_lr: float = flag(4e-4, "peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)")
@@ -81,6 +85,8 @@ class TrainConfig:
                                    "--max-tokens) | sentences: exactly max_sentences per batch (then a token of a "
                                    "short segment weighs more: the loss is a per-batch token mean)")
     max_tokens: int | None = flag(None, "also cap padded tokens per batch (B x longest side); none: no cap")
+    update_freq: int = flag(1, "accumulate the gradients of N batches into each update (fairseq's --update-freq): "
+                               "N times the batch per update in the memory of one; warm-up and schedule count updates")
     max_epochs: int = flag(100, "stop after this many epochs")
     patience: int = flag(3, "stop when the dev loss has not improved for this many epochs")
     dev_bleu: bool = flag(False, "after each epoch also translate the dev set (greedy search) and log its BLEU")
@@ -130,7 +136,13 @@ class TrainConfig:
         if self.amp not in ("off", "bfloat16", "float16"):
             raise ConfigError(f"unknown --amp {self.amp!r}; expected off, bfloat16 or float16")
         positive = {"max_sentences": self.max_sentences, "max_epochs": self.max_epochs, "patience": self.patience,
-                    "decoder_layers": self.decoder_layers}
+                    "decoder_layers": self.decoder_layers, "update_freq": self.update_freq}
+        if self.keep_last_epochs < 0:
+            raise ConfigError(f"--keep-last-epochs must be >= 0, got {self.keep_last_epochs}")
+        if self.best_metric not in ("loss", "bleu"):
+            raise ConfigError(f"unknown --best-metric {self.best_metric!r}; expected loss or bleu")
+        if self.best_metric == "bleu" and not self.dev_bleu:
+            raise ConfigError("--best-metric bleu needs --dev-bleu (the dev BLEU it compares)")
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -119,11 +119,13 @@ class Trainer:
         self.peak_lr = cfg.peak_lr()
         self.batch_limits = self._batch_limits()
         self.batches_per_epoch = len(self.epoch_batches(0))
+        self.updates_per_epoch = math.ceil(self.batches_per_epoch / cfg.update_freq)   # the schedule counts these
         if self.batches_per_epoch == 0:
             raise TrainingError(f"{train.directory}: no training batches for shard {self.rank} of {self.world_size}")
         self.warmup_steps = self._warmup_steps()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0     # updates done; epoch in progress; its batches done
         self.best_dev_loss: float | None = None
+        self.best_dev_bleu: float | None = None   # with --dev-bleu
         self.bad_epochs = 0
         self.cpu_seconds = 0.0                  # this stage's process CPU time so far (cache, updates, dev)
         self._cpu_start: tuple[float, float] | None = None   # (process_time, cpu_seconds) when fit() began
@@ -165,7 +167,7 @@ class Trainer:
             return cfg.warmup_steps
         epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else \
             warmup_epochs_for(self.peak_lr, cfg.warmup_reference)
-        return warmup_steps_from_epochs(epochs, self.batches_per_epoch)
+        return warmup_steps_from_epochs(epochs, self.updates_per_epoch)
 
     def set_stage(self, stage: str) -> None:
         """Freeze/unfreeze for ``stage``, then a NEW optimizer over the parameters that now require
@@ -181,7 +183,7 @@ class Trainer:
             self.peak_lr = self.cfg.peak_lr()
             self.warmup_steps = self._warmup_steps()
             self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-            self.best_dev_loss, self.bad_epochs = None, 0
+            self.best_dev_loss, self.best_dev_bleu, self.bad_epochs = None, None, 0
             self.cpu_seconds, self._cpu_start = 0.0, None
             self.owed, self.epoch_totals, self.epoch_seconds = {}, Totals(), 0.0
             self._release_cache()
@@ -241,6 +243,17 @@ class Trainer:
         with atomic_write(path, "w") as f:
             f.write("".join(line + "\n" for line in kept))
 
+    def _prune_epoch_checkpoints(self) -> None:
+        """--keep-last-epochs N: remove checkpoint_epochK.pt older than the last N epochs, except the
+        epochs --epoch-checkpoints asks for."""
+        n = self.cfg.keep_last_epochs
+        if n <= 0:
+            return
+        for path in self.out_dir.glob("checkpoint_epoch*.pt"):
+            k = path.stem.removeprefix("checkpoint_epoch")
+            if k.isdigit() and int(k) <= self.epoch - n and int(k) not in self.cfg.kept_epochs():
+                path.unlink(missing_ok=True)
+
     def settle_owed(self) -> None:
         """Finish the end of an epoch as recorded in checkpoint_last.pt's ``owed`` entry: the best and
         kept-epoch copies of it, and the epoch's metrics record. Saving the last checkpoint first
@@ -255,6 +268,7 @@ class Trainer:
             fault_point("best-copied", self.epoch)
         if owed.get("epoch_checkpoint"):
             atomic_copy(last, self.out_dir / f"checkpoint_epoch{owed['epoch_checkpoint']}.pt")
+            self._prune_epoch_checkpoints()
         done = {(r.get("event"), r.get("epoch")) for r in self._logged()}
         for record in owed.get("metrics", []):
             if (record["event"], record["epoch"]) not in done:
@@ -282,7 +296,8 @@ class Trainer:
                 "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "best_dev_loss": self.best_dev_loss, "bad_epochs": self.bad_epochs, "rng": rng_state(),
+                "best_dev_loss": self.best_dev_loss, "best_dev_bleu": self.best_dev_bleu,
+                "bad_epochs": self.bad_epochs, "rng": rng_state(),
                 "world_size": self.world_size, "cpu_seconds": self._cpu_now(), "owed": self.owed,
                 "epoch_totals": dataclasses.asdict(self.epoch_totals),
                 "epoch_seconds": self.epoch_seconds + (time.time() - self._epoch_t0 if self._epoch_t0 else 0.0)}
@@ -292,6 +307,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         self.best_dev_loss, self.bad_epochs = state["best_dev_loss"], int(state["bad_epochs"])
+        self.best_dev_bleu = state.get("best_dev_bleu")            # absent in older checkpoints
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))     # absent in older checkpoints
         self.owed = dict(state.get("owed") or {})                     # end-of-epoch work still to do
         if self.batch_in_epoch > 0 and "epoch_totals" in state:      # the epoch's sums so far
@@ -306,6 +322,7 @@ class Trainer:
             # the epoch (the pairs of the skipped part are not exactly those already seen)
             before = len(self.epoch_batches(self.epoch, world_size=saved_world))
             done = min(self.batch_in_epoch * self.batches_per_epoch // max(before, 1), self.batches_per_epoch)
+            done -= done % self.cfg.update_freq if done < self.batches_per_epoch else 0   # at an update boundary
             self.print(f"resuming with {self.world_size} processes a run saved with {saved_world}: epoch "
                        f"{self.epoch + 1} was {self.batch_in_epoch}/{before} batches done; continuing at "
                        f"{done}/{self.batches_per_epoch}")
@@ -358,21 +375,34 @@ class Trainer:
             return (model or self.model)(batch.src_ids, batch.src_mask, batch.prev_tokens, encoder_out=encoder_out,
                                          target=batch.target, label_smoothing=self.cfg.label_smoothing)
 
-    def train_step(self, batch) -> tuple[float, float, float]:
-        """One update; returns (loss_sum, nll_sum, lr). Raises TrainingError on a non-finite loss."""
+    def train_step(self, batches: list) -> tuple[float, float, float]:
+        """One update from the collated ``batches`` (``--update-freq`` of them; gradients accumulated:
+        the same update as one batch holding them all); returns (loss_sum, nll_sum, lr). Raises
+        DivergedError on a non-finite loss, before the parameters change."""
         self.model.train()
-        loss_sum, nll_sum = self.forward_loss(batch, self.ddp)
-        loss_value = loss_sum.item()
-        scale = 1.0 / batch.num_tokens
+        tokens = sum(b.num_tokens for b in batches)
+        scale = 1.0 / tokens
         if self.dist is not None:
             # DDP AVERAGES gradients over ranks; scaling each rank's loss sum by world_size / global
             # tokens makes that average the gradient of (global loss sum / global tokens), i.e. one
             # process training on the union of the ranks' batches. The same reduction tells every
-            # rank about a non-finite loss anywhere and about Ctrl-C on any rank (all stop together).
-            global_loss, global_tokens, stop = self.dist.all_reduce_sum(
-                [loss_value, batch.num_tokens, float(self._stop_requested)])
+            # rank about Ctrl-C on any rank (all stop together).
+            global_tokens, stop = self.dist.all_reduce_sum([tokens, float(self._stop_requested)])
             scale = self.world_size / global_tokens
             self._stop_agreed = stop > 0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = nll_value = 0.0
+        for i, batch in enumerate(batches):
+            # under DDP the gradients are synchronised once, with the last batch of the update
+            last = i == len(batches) - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                loss_sum, nll_sum = self.forward_loss(batch, self.ddp)
+                loss = loss_sum * scale
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_value += loss_sum.item()
+            nll_value += nll_sum.item()
+        if self.dist is not None:       # a non-finite loss on any rank stops every rank
+            global_loss, = self.dist.all_reduce_sum([loss_value])
             loss_value = loss_value if math.isfinite(global_loss) else global_loss
         if not math.isfinite(loss_value):
             raise DivergedError(f"non-finite training loss ({loss_value}) at update {self.step + 1} (epoch "
@@ -382,13 +412,8 @@ class Trainer:
         lr = get_lr(self.step + 1, peak_lr=self.peak_lr, warmup_steps=self.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_sum * scale
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if self.cfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.cfg.clip_norm)
         if self.scaler is not None:
@@ -396,7 +421,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        return loss_value, nll_sum.item(), lr
+        return loss_value, nll_value, lr
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -475,9 +500,13 @@ class Trainer:
         tokens, sentences = self.batch_limits
         batching = (f"at most {sentences} sentences" if cfg.batching == "sentences" else
                     f"{tokens:,} padded tokens each, about {cfg.max_sentences} sentences on average")
+        per_update = int((self.train_data.tgt_lengths + 1).sum()) / (self.updates_per_epoch * self.world_size) \
+            * self.world_size                   # target tokens (with EOS) per update, all processes together
         self.print(f"stage {cfg.stage}: {len(self.train_data):,} training pairs in {self.batches_per_epoch} batches "
-                   f"per epoch ({batching}){where}, {len(self.valid_data):,} dev pairs; peak LR {self.peak_lr:g}, warm-up "
-                   f"{self.warmup_steps} updates; device {self.device}; writing to {self.out_dir}")
+                   f"per epoch ({batching}){where}, {len(self.valid_data):,} dev pairs; {self.updates_per_epoch} "
+                   f"updates per epoch of {cfg.update_freq} x {self.world_size} batches, about {per_update:,.0f} target "
+                   f"tokens each; peak LR {self.peak_lr:g}, warm-up {self.warmup_steps} updates; device {self.device}; "
+                   f"writing to {self.out_dir}")
         if cfg.stage == "decoder":
             frozen = counts["encoder"]["frozen"]
             self.print(f"frozen encoder: {frozen:,} parameters, saving {12 * frozen / 2**20:.0f} MiB of gradients "
@@ -488,6 +517,7 @@ class Trainer:
                 os.replace(metrics, metrics.with_name("metrics.previous.jsonl"))
             self.log_metrics({"event": "start", "config": cfg.to_dict(), "parameters": counts,
                               "warmup_steps": self.warmup_steps, "batches_per_epoch": self.batches_per_epoch,
+                              "updates_per_epoch": self.updates_per_epoch, "tokens_per_update": round(per_update),
                               "world_size": self.world_size})
         if self.step > 0:                       # resumed: replayed steps must not be logged twice, and
             self.repair_metrics()               # the end of an epoch that a kill cut short is finished
@@ -521,18 +551,19 @@ class Trainer:
 
     def _stop_reason(self) -> str | None:
         """Why the stage is over, checked between epochs (and so right after a resume, too)."""
-        cfg, best = self.cfg, self.best_dev_loss
-        if best is not None and self.bad_epochs >= cfg.patience:
-            self.print(f"early stop: no dev improvement for {cfg.patience} epochs; best dev loss "
-                       f"{best:.3f} in {self.out_dir / 'checkpoint_best.pt'}")
+        cfg = self.cfg
+        best = self.best_dev_bleu if cfg.best_metric == "bleu" else self.best_dev_loss
+        best = f"best dev {cfg.best_metric} {'none' if best is None else f'{best:.3f}'}"
+        if self.epoch > 0 and self.bad_epochs >= cfg.patience:
+            self.print(f"early stop: no dev improvement for {cfg.patience} epochs; {best} in "
+                       f"{self.out_dir / 'checkpoint_best.pt'}")
             return "converged"
         if cfg.max_cpu_minutes is not None and self.cpu_seconds >= 60 * cfg.max_cpu_minutes:
             self.print(f"CPU budget reached: {self.cpu_seconds / 60:.1f} of --max-cpu-minutes "
-                       f"{cfg.max_cpu_minutes:g}; best dev loss {best:.3f}")
+                       f"{cfg.max_cpu_minutes:g}; {best}")
             return "cpu_budget"
         if self.epoch >= cfg.max_epochs:
-            self.print(f"reached --max-epochs {cfg.max_epochs}; best dev loss "
-                       f"{'none' if best is None else f'{best:.3f}'}")
+            self.print(f"reached --max-epochs {cfg.max_epochs}; {best}")
             return "max_epochs"
         return None
 
@@ -544,17 +575,19 @@ class Trainer:
         bar = self._progress_bar(len(batches))
         self._epoch_t0, tokens_since = time.time(), 0
         while self.batch_in_epoch < len(batches):
-            batch = collate(self.train_data, batches[self.batch_in_epoch], self.src_pad_id).to(self.device)
-            loss_sum, nll_sum, lr = self.train_step(batch)
+            group = [collate(self.train_data, idx, self.src_pad_id).to(self.device)
+                     for idx in batches[self.batch_in_epoch:self.batch_in_epoch + cfg.update_freq]]
+            loss_sum, nll_sum, lr = self.train_step(group)
             self.step += 1
-            self.batch_in_epoch += 1
-            totals.add(loss_sum, nll_sum, batch.num_tokens, len(batch))
-            tokens_since += batch.num_tokens
+            self.batch_in_epoch += len(group)
+            tokens = sum(b.num_tokens for b in group)
+            totals.add(loss_sum, nll_sum, tokens, sum(len(b) for b in group))
+            tokens_since += tokens
             if bar is not None:
                 s = totals.summary()
                 bar.set_postfix(loss=f"{s['loss']:.3f}", ppl=f"{s['ppl']:.1f}", lr=f"{lr:.2e}",
                                 tok_s=f"{tokens_since / max(time.time() - self._epoch_t0, 1e-9):.0f}", refresh=False)
-                bar.update(1)
+                bar.update(len(group))
             if self.step % 100 == 0:
                 self.log_metrics({"event": "train", "step": self.step, "epoch": self.epoch + 1, "lr": lr,
                                   **self.reduce_totals(totals).summary()})
@@ -581,21 +614,26 @@ class Trainer:
         if not math.isfinite(dev["loss"]):
             raise DivergedError(f"non-finite dev loss ({dev['loss']}) after epoch {self.epoch + 1}; nothing saved "
                                 f"for this epoch. Try a lower --lr or --clip-norm 1")
-        improved = self.best_dev_loss is None or dev["loss"] < self.best_dev_loss
-        if improved:
-            self.best_dev_loss, self.bad_epochs = dev["loss"], 0
+        bleu = self.dev_bleu()
+        if cfg.best_metric == "bleu":           # --best-metric: which dev score picks the best checkpoint
+            improved = bleu is not None and (self.best_dev_bleu is None or bleu > self.best_dev_bleu)
         else:
-            self.bad_epochs += 1
+            improved = self.best_dev_loss is None or dev["loss"] < self.best_dev_loss
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        if self.best_dev_loss is None or dev["loss"] < self.best_dev_loss:
+            self.best_dev_loss = dev["loss"]
+        if bleu is not None and (self.best_dev_bleu is None or bleu > self.best_dev_bleu):
+            self.best_dev_bleu = bleu
         self.epoch += 1
         self.batch_in_epoch = 0
-        bleu = self.dev_bleu()
         self.cpu_seconds = self._cpu_now()
         record = {"time": round(time.time(), 3), "event": "epoch", "epoch": self.epoch, "step": self.step,
                   "seconds": round(elapsed, 2), "cpu_seconds": round(self.cpu_seconds, 3), "train": train_stats,
                   "dev": dev, **({"dev_bleu": round(bleu, 2), "dev_bleu_search": "greedy"} if bleu is not None else {}),
-                  "best_dev_loss": self.best_dev_loss, "improved": improved}
-        self.owed = {"best": improved, "epoch_checkpoint": self.epoch if self.epoch in cfg.kept_epochs() else None,
-                     "metrics": [record]}
+                  "best_dev_loss": self.best_dev_loss, "best_dev_bleu": self.best_dev_bleu,
+                  "best_metric": cfg.best_metric, "improved": improved}
+        keep = self.epoch in cfg.kept_epochs() or cfg.keep_last_epochs > 0
+        self.owed = {"best": improved, "epoch_checkpoint": self.epoch if keep else None, "metrics": [record]}
         self.epoch_totals, self.epoch_seconds, self._epoch_t0 = Totals(), 0.0, None
         self.save("checkpoint_last.pt")
         self.settle_owed()

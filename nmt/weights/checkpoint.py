@@ -101,6 +101,44 @@ def update_checkpoint(path: str | Path, **entries) -> None:
     save_checkpoint(path, state)
 
 
+def average_checkpoints(paths: list[str | Path]) -> dict:
+    """The parameters of several checkpoints of one run averaged (fairseq's average_checkpoints; the
+    last epochs' average usually translates a little better than any one of them). Everything
+    else -- spec, text pipelines, config, chosen length penalty -- is the newest input's (highest
+    step); optimizer state and resume bookkeeping are dropped, so the result is for translation.
+    Inputs with another network spec or other vocabularies are refused."""
+    if len(paths) < 2:
+        raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
+    states = [(Path(p), load_checkpoint(p)) for p in paths]
+    newest_path, newest = max(states, key=lambda item: (int(item[1].get("step", 0)), str(item[0])))
+    for path, state in states:
+        for key in ("model_spec", "source", "target"):
+            if state[key] != newest[key]:
+                raise CheckpointError(f"{path}: its {key} differs from {newest_path}'s; only checkpoints of one "
+                                      f"run (same network and vocabularies) can be averaged")
+    model = {}
+    for name, tensor in newest["model"].items():
+        if tensor.is_floating_point():
+            total = sum(state["model"][name].double() for _, state in states)
+            model[name] = (total / len(states)).to(tensor.dtype)
+        else:                       # integer buffers (none in our models today) are taken as they are
+            model[name] = tensor
+    keep = ("format", "stage", "model_spec", "source", "target", "config", "decoding", "step", "epoch")
+    return {**{k: newest[k] for k in keep if k in newest}, "model": model,
+            "averaged_from": [str(p) for p, _ in states]}
+
+
+def epoch_checkpoints(stage_dir: str | Path, last: int) -> list[Path]:
+    """The ``last`` checkpoint_epochN.pt of a stage directory with the highest N, oldest first."""
+    stage_dir = Path(stage_dir)
+    found = sorted((int(p.stem.removeprefix("checkpoint_epoch")), p) for p in stage_dir.glob("checkpoint_epoch*.pt")
+                   if p.stem.removeprefix("checkpoint_epoch").isdigit())
+    if len(found) < last:
+        raise CheckpointError(f"{stage_dir}: {len(found)} epoch checkpoints (checkpoint_epochN.pt), {last} asked "
+                              f"for; train with --keep-last-epochs {last}")
+    return [p for _, p in found[-last:]]
+
+
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
                           encoder_dropout: float | None = None) -> tuple[Seq2Seq, ModelSpec]:
     """The network a loaded checkpoint describes, with its weights; ``encoder_dropout`` replaces
