@@ -5,15 +5,21 @@
     python translate.py --pair en-vi < test.en            # the En->Vi demo run (train.py --pair en-vi)
     python translate.py --checkpoint checkpoints/demo-en-de/finetune/checkpoint_best.pt < test.en
     python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
+    python translate.py --sampling --sampling-topk 10 --seed 1 < mono.en      # one sample per line
 
 The checkpoint carries everything: the network spec and weights, the source and target text
 pipelines (vocabularies, BPE merges) and, when training chose one on the dev set (``--lenpen-grid``,
-on in the demo preset), the default length penalty. The work is done by ``nmt.decode.translator.Translator``: lines are
-encoded, sorted by length, translated in batches (beam search, nmt/decode/beam_search.py), decoded (BPE
-removed, detokenized) and written back in input order. Empty input lines give empty output lines. Lines longer than the encoder's positions are
-truncated (with a warning naming the line). With ``--nbest N > 1`` the output is Moses n-best
-format: ``<0-based line> ||| <translation> ||| <score>``, N lines per input line. With
-``--reference`` the corpus BLEU and sacrebleu signature are printed on stderr at the end.
+on in the demo preset), the default length penalty. The work is done by
+``nmt.decode.translator.Translator``: lines are encoded, sorted by length, translated in batches
+(beam search, nmt/decode/beam_search.py), decoded (BPE removed, detokenized) and written back in
+input order. The input is read and written in buffers: ``--buffer-size`` lines of a file, or the
+lines that have arrived from a terminal or a pipe that stays open; each buffer's translations are
+written as soon as they are done. Empty input lines give empty output lines. Lines longer than the
+encoder's positions are truncated (with a warning naming the line). With ``--nbest N > 1`` the
+output is Moses n-best format: ``<0-based line> ||| <translation> ||| <score>``, N lines per input
+line. With ``--reference`` the corpus BLEU and sacrebleu signature are printed on stderr at the end.
+``--sampling`` (with ``--sampling-topk``/``--sampling-topp``/``--temperature``/``--seed``) samples
+instead of searching and ``--no-repeat-ngram-size`` blocks repeated n-grams, both as in fairseq.
 ``--output`` is checked before anything is loaded (its directory must exist and be writable) and
 written atomically, so a failure leaves no partial file; nonsense numbers (``--lenpen nan``) and a
 device that is not there (``--device cuda`` without CUDA) are one ``error:`` line, exit status 2.
@@ -21,27 +27,93 @@ device that is not there (``--device cuda`` without CUDA) are one ``error:`` lin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
+import select
+import stat
 import sys
 from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator
 
 import torch
 
 from nmt.cpu.allocator import keep_freed_memory
-from nmt.decode.translator import Translator
+from nmt.decode.translator import Translator, check_search_options
 from nmt.errors import NmtError, TranslateError, error_line
 from nmt.files import DEMO_PAIRS, atomic_write, demo_name, run_dir
-from nmt.text.lines import decode_lines, read_lines
+from nmt.text.lines import decode_lines, open_text_lines, read_lines
 
 DEFAULT_RUN = run_dir(demo_name("en-de"))     # the demo run directory (train.py's default)
+DEFAULT_BUFFER = 10000                        # lines per buffer of a file (docs/speed.md, "Streaming translation")
 
 
-def read_input(path: str | None) -> tuple[list[str], str]:
-    """Lines of a UTF-8 file (or stdin), without newlines, and the name errors use for it."""
+class PipeLines:
+    """The raw lines of a pipe or terminal, read as they arrive (``os.read`` on its descriptor), and
+    :meth:`ready`: whether the next line can be had without waiting for the writer."""
+
+    def __init__(self, fd: int):
+        self.fd, self.pending, self.eof = fd, bytearray(), False
+
+    def ready(self) -> bool:
+        return self.eof or b"\n" in self.pending or bool(select.select([self.fd], [], [], 0)[0])
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            end = self.pending.find(b"\n")
+            if end >= 0:
+                line = bytes(self.pending[:end + 1])
+                del self.pending[:end + 1]
+                yield line
+            elif self.eof:
+                if self.pending:                     # a last line without a newline
+                    yield bytes(self.pending)
+                    self.pending.clear()
+                return
+            else:
+                chunk = os.read(self.fd, 1 << 16)    # what is there (waits only when nothing is)
+                self.eof = not chunk
+                self.pending += chunk
+
+
+def is_stream(stream) -> bool:
+    """Whether ``stream`` is a pipe, terminal or socket (not a file, nor an in-memory stream)."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return not stat.S_ISREG(mode)
+
+
+def open_input(path: str | None) -> tuple[Iterator[tuple[int, str]], Callable[[], bool], str]:
+    """(line number, line) of a UTF-8 file or stdin, read as needed; a function telling whether the
+    next line is there already (a pipe or a terminal: lines that have arrived; else always); the
+    name errors use for the input."""
     if path is not None:
-        return read_lines(path), path
-    return [line for _, line in decode_lines(sys.stdin.buffer, "<stdin>")], "<stdin>"
+        return open_text_lines(path), lambda: True, path
+    if is_stream(sys.stdin.buffer):
+        pipe = PipeLines(sys.stdin.buffer.fileno())
+        return decode_lines(pipe, "<stdin>"), pipe.ready, "<stdin>"
+    return decode_lines(sys.stdin.buffer, "<stdin>"), lambda: True, "<stdin>"
+
+
+def read_buffers(numbered: Iterable[tuple[int, str]], size: int,
+                 ready: Callable[[], bool] = lambda: True) -> Iterator[list[tuple[int, str]]]:
+    """The input in buffers of at most ``size`` lines; a buffer ends early when the next line has
+    not arrived yet (``ready``), so what was typed or piped in is translated without waiting.
+
+    >>> [len(b) for b in read_buffers(enumerate("abcde", 1), 2)]
+    [2, 2, 1]
+    """
+    buffer: list[tuple[int, str]] = []
+    for item in numbered:
+        buffer.append(item)
+        if len(buffer) >= size or not ready():
+            yield buffer
+            buffer = []
+    if buffer:
+        yield buffer
 
 
 def check_output(path: str) -> None:
@@ -59,17 +131,18 @@ def check_output(path: str) -> None:
 
 def check_numbers(args: argparse.Namespace) -> None:
     """Sizes and limits that decoding can use; a NaN or an infinity is an error, not a silent default."""
-    for name in ("lenpen", "max_len_a"):
+    for name in ("lenpen", "max_len_a", "temperature", "sampling_topp"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise TranslateError(f"--{name.replace('_', '-')} {value}: must be a finite number")
     if args.max_len_a < 0:
         raise TranslateError(f"--max-len-a {args.max_len_a}: must be >= 0")
-    if args.beam < 1 or not 1 <= args.nbest <= max(args.beam, 1) or args.batch_size < 1 or args.max_tokens < 1:
-        raise TranslateError(f"need --beam >= 1, 1 <= --nbest <= --beam, --batch-size >= 1 and --max-tokens >= 1 "
-                             f"(got {args.beam}, {args.nbest}, {args.batch_size}, {args.max_tokens})")
-    if args.beam == 1 and args.nbest > 1:
-        raise TranslateError("--nbest > 1 needs --beam > 1")
+    for name in ("batch_size", "max_tokens", "buffer_size"):
+        if getattr(args, name) < 1:
+            raise TranslateError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    check_search_options(beam=args.beam, nbest=args.nbest, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                         sampling=args.sampling, sampling_topk=args.sampling_topk, sampling_topp=args.sampling_topp,
+                         temperature=args.temperature, seed=args.seed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,7 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(train.py --pair PAIR); default: %(default)s")
     p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here (default: stdout)")
-    p.add_argument("--beam", type=int, default=10, help="beam size; 1 = greedy (default: 10, the paper's)")
+    p.add_argument("--beam", type=int,
+                   help="beam size; 1 = greedy (default: 10, the paper's); with --sampling: samples per line "
+                        "(default: --nbest)")
     p.add_argument("--lenpen", type=float,
                    help="length penalty alpha: score = log p / len**alpha (default: the checkpoint's, chosen on its "
                         "dev set after training with --lenpen-grid; else 1.0, the paper's)")
@@ -92,6 +167,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="most padded source tokens per batch (default: %(default)s)")
     p.add_argument("--max-len-a", type=float, default=1.2, help="output at most a * source length + b tokens")
     p.add_argument("--max-len-b", type=int, default=10)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
+                   help="no hypothesis may repeat an N-gram of target tokens (fairseq's; default: 0, off)")
+    p.add_argument("--sampling", action="store_true",
+                   help="sample translations instead of beam search (fairseq's): --beam N samples per line, "
+                        "the --nbest best printed")
+    p.add_argument("--sampling-topk", type=int, metavar="K",
+                   help="with --sampling: draw from the K most probable tokens")
+    p.add_argument("--sampling-topp", type=float, metavar="P",
+                   help="with --sampling: draw from the smallest set of most probable tokens whose probability "
+                        "reaches P")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="with --sampling: divide the logits by this before the softmax (default: %(default)s)")
+    p.add_argument("--seed", type=int,
+                   help="with --sampling: the same seed gives the same output (each line seeded by it and its "
+                        "line number); default: random")
+    p.add_argument("--buffer-size", type=int, default=DEFAULT_BUFFER, metavar="N",
+                   help="translate the input N lines at a time, writing each part when done; a line from a "
+                        "terminal or an open pipe is translated as soon as it arrives (default: %(default)s)")
     p.add_argument("--reference", help="reference translations: print BLEU and its signature at the end")
     p.add_argument("--bleu-tokenize", default="13a",
                    help="sacrebleu tokenizer for --reference; 'none' for pre-tokenized references")
@@ -101,6 +194,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "linear layers (fbgemm dynamic quantization; nmt/cpu/inference_linear.py): faster decoding")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def open_output(path: str | None) -> Iterator[IO[str]]:
+    """stdout, or ``path`` written atomically (no partial file if anything fails)."""
+    if path is None:
+        yield sys.stdout
+        return
+    with atomic_write(path, "w") as f:
+        yield f
+
+
+def translate_stream(translator: Translator, args: argparse.Namespace, warn: Callable[[str], None],
+                     bar) -> list[str] | None:
+    """Translate the input buffer by buffer, writing (and flushing) each buffer's translations in
+    input order. Returns the best translations when --reference needs them."""
+    numbered, ready, name = open_input(args.input)
+    kept: list[str] | None = [] if args.reference else None
+    options = dict(beam=args.beam, lenpen=args.lenpen, nbest=args.nbest, batch_size=args.batch_size,
+                   max_tokens=args.max_tokens, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, sampling=args.sampling,
+                   sampling_topk=args.sampling_topk, sampling_topp=args.sampling_topp, temperature=args.temperature,
+                   seed=args.seed, name=name, warn=warn, progress=bar)
+    with open_output(args.output) as out:
+        for buffer in read_buffers(numbered, args.buffer_size, ready):
+            first = buffer[0][0]
+            results = translator.translate([line for _, line in buffer], first_line=first, **options)
+            if args.nbest > 1:
+                text = "".join(f"{first - 1 + i} ||| {h.text} ||| {h.score:.4f}\n"
+                               for i, r in enumerate(results) for h in r.hypotheses)
+            else:
+                text = "".join(r.text + "\n" for r in results)
+            out.write(text)
+            out.flush()
+            if kept is not None:
+                kept.extend(r.text for r in results)
+    return kept
 
 
 def main(argv=None) -> int:
@@ -118,36 +248,24 @@ def main(argv=None) -> int:
             raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
                                  f"(python train.py --pair {args.pair}) or pass --checkpoint")
         translator = Translator.from_checkpoint(args.checkpoint, args.device, int8=args.int8)
-        if args.lenpen is None and not args.quiet and args.beam > 1:
+        if args.lenpen is None and not args.quiet and (args.beam or 10) > 1 and not args.sampling:
             print(f"length penalty {translator.lenpen:g} (the checkpoint's default; --lenpen to change)",
                   file=sys.stderr)
-        lines, name = read_input(args.input)
         references = None
         if args.reference:
             from nmt.metrics import check_parallel
             references = read_lines(args.reference)
-            check_parallel([(name, lines), (args.reference, references)])
+            if args.input:                        # a file can be counted first: a mismatch fails before decoding
+                check_parallel([(args.input, range(sum(1 for _ in open_text_lines(args.input)))),
+                                (args.reference, references)])
         from tqdm import tqdm
-        with tqdm(total=sum(bool(x.strip()) for x in lines), file=sys.stderr, unit="sent",
-                  disable=args.quiet, desc="translating") as bar:
-            results = translator.translate(lines, beam=args.beam, lenpen=args.lenpen, nbest=args.nbest,
-                                           batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                           max_len_a=args.max_len_a, max_len_b=args.max_len_b, name=name,
-                                           warn=warn, progress=bar)
-        if args.nbest > 1:
-            out_lines = [f"{i} ||| {h.text} ||| {h.score:.4f}" for i, r in enumerate(results) for h in r.hypotheses]
-        else:
-            out_lines = [r.text for r in results]
-        text = "".join(line + "\n" for line in out_lines)
-        if args.output:
-            with atomic_write(args.output, "w") as f:     # no partial file if anything fails
-                f.write(text)
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        interactive = args.input is None and sys.stdin.isatty()
+        with tqdm(file=sys.stderr, unit="sent", disable=args.quiet or interactive, desc="translating") as bar:
+            hypotheses = translate_stream(translator, args, warn, bar)
         if references is not None:
-            from nmt.metrics import corpus_bleu
-            score, signature = corpus_bleu([r.text for r in results], references, tokenize=args.bleu_tokenize)
+            from nmt.metrics import check_parallel, corpus_bleu
+            check_parallel([(args.input or "<stdin>", hypotheses), (args.reference, references)])
+            score, signature = corpus_bleu(hypotheses, references, tokenize=args.bleu_tokenize)
             print(f"{score.format()}\nsignature: {signature}", file=sys.stderr)
     except (NmtError, OSError) as e:     # a user error or the disk: one line; anything else is a bug
         print(error_line(e), file=sys.stderr)

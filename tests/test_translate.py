@@ -1,6 +1,8 @@
 """translate.py end to end on a tiny checkpoint built here (BERT-arch model + WordPiece source + BPE target)."""
 import errno
 import os
+import select
+import subprocess
 import sys
 from pathlib import Path
 
@@ -272,3 +274,175 @@ def test_a_device_that_is_not_there_is_one_error_line(tmp_path, ckpt, capsys, mo
     assert err == "error: --device cuda: CUDA is not available on this machine; use --device cpu\n"
     code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--device", "gpu0")
     assert code == 2 and err.startswith("error: --device gpu0: not a device") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- streaming (--buffer-size)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_line_within(stream, seconds):
+    """One line of a subprocess's stdout, or None if none comes within ``seconds``."""
+    ready, _, _ = select.select([stream.fileno()], [], [], seconds)
+    return stream.readline().decode() if ready else None
+
+
+def test_a_pipe_that_stays_open_gets_each_translation_before_the_next_line(tmp_path, ckpt):
+    lines = ["the cat sat on the mat .", "", "a big red dog !"]
+    tr = translate.Translator.from_checkpoint(ckpt)
+    expected = [tr.translate([line], beam=2)[0].text + "\n" for line in lines]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "translate.py"), "--quiet", "--checkpoint", str(ckpt),
+                             "--beam", "2", "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        for line, want in zip(lines, expected):
+            proc.stdin.write(line.encode() + b"\n")
+            proc.stdin.flush()                       # the pipe stays open: no EOF tells it to start
+            assert read_line_within(proc.stdout, 120) == want, proc.stderr.read1().decode()
+        proc.stdin.close()
+        assert proc.stdout.read() == b"" and proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_pipe_lines_are_ready_as_they_arrive():
+    read, write = os.pipe()
+    try:
+        pipe = translate.PipeLines(read)
+        assert translate.is_stream(os.fdopen(read, "rb", closefd=False))
+        buffers = translate.read_buffers(translate.decode_lines(pipe, "<stdin>"), 2, pipe.ready)
+        os.write(write, "\ufeffone\r\ntwo\nthr".encode())
+        assert next(buffers) == [(1, "one"), (2, "two")]        # "thr" has no newline yet: not ready
+        os.write(write, b"ee\n\nfive\nsix\nseven\n")
+        assert next(buffers) == [(3, "three"), (4, "")]          # at most 2 lines a buffer
+        assert next(buffers) == [(5, "five"), (6, "six")]
+        assert next(buffers) == [(7, "seven")]                   # nothing more has arrived
+        os.write(write, b"last")
+        os.close(write)
+        write = None
+        assert next(buffers) == [(8, "last")] and next(buffers, None) is None
+    finally:
+        os.close(read)
+        if write is not None:
+            os.close(write)
+
+
+def test_a_file_fills_whole_buffers(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"{i}\n" for i in range(7)), encoding="utf-8")
+    with open(path, "rb") as f:
+        assert not translate.is_stream(f)
+    numbered, ready, name = translate.open_input(str(path))
+    assert [len(b) for b in translate.read_buffers(numbered, 3, ready)] == [3, 3, 1] and name == str(path)
+
+
+@pytest.mark.parametrize("buffer", [1, 2, 5, None])
+def test_buffered_output_equals_each_line_translated_alone(tmp_path, ckpt, capsys, buffer):
+    lines = SOURCE + ["the dog is big .", "", " ".join(["dog"] * 40), "a cat ."]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sizes = [] if buffer is None else ["--buffer-size", buffer]
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 3,
+                         "--batch-size", 2, *sizes)
+    assert code == 0, err
+    tr = translate.Translator.from_checkpoint(ckpt)
+    assert out.split("\n")[:-1] == [tr.translate([line], beam=3)[0].text for line in lines]
+    assert f"{src}:9: 42 source tokens" in err and err.count("truncated") == 1     # the input's line number
+    code, nbest, _ = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 3, "--nbest", 2, *sizes)
+    rows = [r.split(" ||| ") for r in nbest.splitlines()]                # an empty line: one empty hypothesis
+    assert [int(r[0]) for r in rows] == [i for i, line in enumerate(lines) for _ in range(2 if line.strip() else 1)]
+    assert [r[1] for i, r in enumerate(rows) if i == 0 or rows[i - 1][0] != r[0]] == out.split("\n")[:-1]
+    ref = tmp_path / "ref.txt"
+    ref.write_text(out, encoding="utf-8")
+    code, _, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 3, "--reference", ref, *sizes)
+    assert code == 0 and "signature: nrefs:1" in err and ("BLEU = 100.00" in err or not out.strip())
+
+
+def test_stdin_reference_count_is_checked_at_the_end(tmp_path, ckpt, capsys, monkeypatch):
+    import io
+    ref = tmp_path / "ref.txt"
+    ref.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the cat .\na dog .\n")))
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--beam", 2, "--reference", ref, "--buffer-size", 1)
+    assert code == 2 and len(out.splitlines()) == 2 and "line counts differ" in err
+
+
+# ---------------------------------------------------------------- --sampling, --no-repeat-ngram-size
+
+def test_sampling_is_reproducible_per_line_whatever_the_buffers(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SOURCE) + "\n", encoding="utf-8")
+    base = ["--checkpoint", ckpt, "--input", src, "--sampling", "--temperature", 3]
+    code, first, err = run(capsys, *base, "--seed", 5)
+    assert code == 0, err
+    assert len(first.split("\n")[:-1]) == len(SOURCE) and first.split("\n")[1] == ""
+    assert run(capsys, *base, "--seed", 5, "--buffer-size", 1, "--batch-size", 1)[1] == first
+    assert run(capsys, *base, "--seed", 6)[1] != first
+    tr = translate.Translator.from_checkpoint(ckpt)
+    api = tr.translate(SOURCE, sampling=True, temperature=3.0, seed=5)
+    assert [r.text for r in api] == first.split("\n")[:-1]
+    # line 3 alone, told its place in the input, draws what it drew among the others
+    assert tr.translate([SOURCE[2]], sampling=True, temperature=3.0, seed=5, first_line=3)[0].text == api[2].text
+    greedy = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 1)[1]
+    assert run(capsys, *base[:-2], "--sampling-topk", 1)[1] == greedy
+
+
+def test_sampling_nbest_draws_beam_samples_per_line(tmp_path, ckpt, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat .\na dog .\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--sampling", "--beam", 5, "--nbest", 3,
+                         "--temperature", 2, "--seed", 1)
+    rows = [line.split(" ||| ") for line in out.splitlines()]
+    assert code == 0 and [r[0] for r in rows] == ["0"] * 3 + ["1"] * 3, err
+    for i in (0, 3):
+        scores = [float(r[2]) for r in rows[i:i + 3]]
+        assert scores == sorted(scores, reverse=True)
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--input", src, "--sampling", "--nbest", 2, "--seed", 1)
+    assert code == 0 and len(out.splitlines()) == 4                # --nbest 2 alone: 2 samples per line
+
+
+def test_no_repeat_ngram_size_reaches_the_search(tmp_path, ckpt, capsys):
+    lines = [line for line in SOURCE if line.strip()]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tr = translate.Translator.from_checkpoint(ckpt)
+    for beam in (1, 4):
+        code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", beam, "--no-repeat-ngram-size", 1)
+        assert code == 0, err
+        for line, got in zip(lines, out.splitlines()):
+            ids = torch.tensor([tr.source.encode(line)])
+            best = beam_search(tr.model, ids, torch.ones_like(ids, dtype=torch.bool), beam_size=beam,
+                               no_repeat_ngram_size=1)[0][0]
+            assert got == tr.target.decode(best.tokens) and len(set(best.tokens)) == len(best.tokens)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--buffer-size", "0"], "--buffer-size"), (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size"),
+    (["--sampling-topk", "3"], "--sampling"), (["--seed", "1"], "--seed"), (["--temperature", "0.5"], "--sampling"),
+    (["--sampling", "--sampling-topk", "0"], "--sampling-topk"),
+    (["--sampling", "--sampling-topp", "1.5"], "--sampling-topp"),
+    (["--sampling", "--sampling-topp", "nan"], "--sampling-topp"),
+    (["--sampling", "--temperature", "0"], "--temperature"), (["--sampling", "--temperature", "inf"], "--temperature"),
+    (["--sampling", "--sampling-topk", "2", "--sampling-topp", "0.5"], "give one of them"),
+    (["--sampling", "--beam", "2", "--nbest", "3"], "--nbest"), (["--beam", "1", "--nbest", "2"], "--nbest"),
+])
+def test_new_options_that_make_no_sense_are_one_error_line(tmp_path, ckpt, capsys, monkeypatch, flags, named):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat .\n", encoding="utf-8")
+    monkeypatch.setattr(translate.Translator, "from_checkpoint", lambda *a, **k: pytest.fail("loaded"))
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, *flags)
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert named in err and "Traceback" not in err
+
+
+def test_help_names_the_new_options(capsys):
+    with pytest.raises(SystemExit):
+        translate.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--buffer-size N translate the input N lines at a time", "--sampling sample translations",
+                 "--sampling-topk K", "--sampling-topp P", "--temperature", "--seed",
+                 "--no-repeat-ngram-size N no hypothesis may repeat an N-gram"):
+        assert flag in text

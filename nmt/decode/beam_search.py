@@ -22,6 +22,9 @@ or smallest (lenpen < 0) length it can still end at, which makes that rule exact
 max_len_b)`` generated tokens (EOS is then forced) and may end no earlier than ``min_len`` tokens.
 PAD and BOS are never generated. Unlike fairseq, all EOS candidates of a step are kept even if
 they take a sentence past ``beam`` finished hypotheses (they can only improve the n-best list).
+With ``no_repeat_ngram_size=n`` (fairseq's ``--no-repeat-ngram-size``) a hypothesis never produces
+an n-gram of target ids that already occurs in it: such tokens get -inf (:func:`ban_repeated_ngrams`).
+Greedy search and sampling (nmt/decode/sampling.py) share :func:`decode_rows`.
 
 Worked example on a scripted model whose next-token table ignores the source (unlisted
 prefixes end with EOS): greedy search commits to the likelier first token 4 (p = .6 * .55 = .33 for
@@ -66,9 +69,13 @@ def max_lengths(src_mask: Tensor, max_len_a: float, max_len_b: int, limit: int) 
     return (max_len_a * src_len + max_len_b).floor().long().clamp(min=1, max=limit)
 
 
-def _prepare_lprobs(logits: Tensor, step: int, max_len: Tensor, min_len: Tensor) -> Tensor:
-    """log-softmax over the vocabulary with the step's constraints. logits [N,V]; max/min_len [N] (CPU)."""
-    lprobs = F.log_softmax(logits.float(), dim=-1)                         # [N,V]
+def _prepare_lprobs(logits: Tensor, step: int, max_len: Tensor, min_len: Tensor, temperature: float = 1.0) -> Tensor:
+    """log-softmax over the vocabulary with the step's constraints. logits [N,V]; max/min_len [N] (CPU).
+    ``temperature`` divides the logits first (sampling)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lprobs = F.log_softmax(logits, dim=-1)                                 # [N,V]
     lprobs[:, Vocab.PAD] = -math.inf
     lprobs[:, Vocab.BOS] = -math.inf
     too_short = (step < min_len)
@@ -83,17 +90,45 @@ def _prepare_lprobs(logits: Tensor, step: int, max_len: Tensor, min_len: Tensor)
     return lprobs
 
 
+def ban_repeated_ngrams(lprobs: Tensor, prefix: Tensor, n: int) -> Tensor:
+    """In place: -inf for every token that would complete an ``n``-gram already in its row's prefix
+    (fairseq's ``--no-repeat-ngram-size``). lprobs [N,V]; prefix [N,t] (the tokens so far). A row
+    that this would leave without any finite token keeps its options (only with ``min_len``).
+
+    >>> lp = torch.zeros(1, 6)
+    >>> ban_repeated_ngrams(lp, torch.tensor([[4, 5, 3, 4]]), 2)[0].tolist()    # "4 5" occurred: no 5
+    [0.0, 0.0, 0.0, 0.0, 0.0, -inf]
+    """
+    t = prefix.size(1)
+    if n < 1 or t < n:
+        return lprobs
+    windows = prefix.unfold(1, n, 1)                                          # [N,W,n], W = t - n + 1
+    tail = prefix[:, t - n + 1:]                                              # [N,n-1]: the last n-1 tokens
+    hit = (windows[:, :, :-1] == tail[:, None, :]).all(2)                     # [N,W]: windows that start alike
+    rows, w = hit.nonzero(as_tuple=True)
+    if rows.numel():
+        tokens = windows[rows, w, -1]
+        kept = lprobs[rows, tokens]
+        lprobs[rows, tokens] = -math.inf
+        stuck = ~torch.isfinite(lprobs).any(1)                                # [N]
+        if stuck.any():
+            undo = stuck[rows]
+            lprobs[rows[undo], tokens[undo]] = kept[undo]
+    return lprobs
+
+
 def _decoder_limit(model) -> int:
     return int(getattr(model.decoder, "max_positions", 1 << 30)) - 1
 
 
 def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int, step: int,
-                    max_len: Tensor, min_len: Tensor, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+                    max_len: Tensor, min_len: Tensor, rows_per_chunk: int, prefix: Tensor | None = None,
+                    ngram: int = 0) -> tuple[Tensor, Tensor]:
     """The ``n`` best ``score + log p(token)`` over each sentence's ``beams`` x V continuations.
 
     hidden [N,H] (N = B' * beams), scores [N]; max_len, min_len [B'] (CPU) -> values, indices [B',n]
     (index = beam * V + token). Runs over chunks of whole sentences, so the [N,V] logits are never
-    materialised at once.
+    materialised at once. ``prefix`` [N,t]: the rows' tokens, for ``ngram`` blocking.
     """
     num_sentences = hidden.size(0) // beams
     per_chunk = max(1, rows_per_chunk // beams)
@@ -103,6 +138,8 @@ def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int,
         rows = slice(s0 * beams, s1 * beams)
         lprobs = _prepare_lprobs(project(hidden[rows]), step,
                                  max_len[s0:s1].repeat_interleave(beams), min_len[s0:s1].repeat_interleave(beams))
+        if ngram:
+            ban_repeated_ngrams(lprobs, prefix[rows], ngram)
         cand = lprobs.add_(scores[rows, None]).view(s1 - s0, -1)                  # [c, beams*V]
         v, i = cand.topk(min(n, cand.size(1)), dim=1)
         values.append(v)
@@ -113,7 +150,8 @@ def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int,
 @torch.no_grad()
 def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, lenpen: float = 1.0,
                 max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1, nbest: int = 1,
-                early_stop: bool = True, chunk_bytes: int | None = None) -> list[list[Hypothesis]]:
+                early_stop: bool = True, chunk_bytes: int | None = None,
+                no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """Translate a batch. src_ids, src_mask [B,S] -> per sentence, the ``nbest`` best hypotheses.
 
     ``model`` needs ``encode(src_ids, src_mask)`` and a ``decoder`` with ``init_state``,
@@ -146,7 +184,8 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
         beams = tokens.size(0) // Bp                                               # 1 at step 0, then K
         hidden = decoder.step_features(tokens[:, -1], state)                       # [N,H]
         cand_scores, cand_idx = _top_candidates(decoder.output_projection, hidden, scores, beams, 2 * K, step,
-                                                max_len[sent_ids], min_len_t[sent_ids], rows_per_chunk)  # [B',2K]
+                                                max_len[sent_ids], min_len_t[sent_ids], rows_per_chunk,
+                                                tokens, no_repeat_ngram_size)                       # [B',2K]
         V = decoder.vocab_size
         cand_beams, cand_tokens = cand_idx // V, cand_idx % V                     # [B',2K]
         is_eos = cand_tokens.eq(Vocab.EOS) & torch.isfinite(cand_scores)          # [B',2K]
@@ -205,39 +244,59 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
 
 
-@torch.no_grad()
 def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0, max_len_a: float = 1.2,
-                  max_len_b: int = 10, min_len: int = 1) -> list[list[Hypothesis]]:
+                  max_len_b: int = 10, min_len: int = 1, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """The beam-1 case without candidate bookkeeping: argmax at every step. Same output format
     (and the same result) as ``beam_search(..., beam_size=1)``."""
+    return decode_rows(model, src_ids, src_mask, lambda lprobs, rows: lprobs.argmax(dim=1), lenpen=lenpen,
+                       max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len,
+                       no_repeat_ngram_size=no_repeat_ngram_size)
+
+
+@torch.no_grad()
+def decode_rows(model, src_ids: Tensor, src_mask: Tensor, choose, *, copies: int = 1, lenpen: float = 1.0,
+                max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1, no_repeat_ngram_size: int = 0,
+                temperature: float = 1.0) -> list[list[Hypothesis]]:
+    """One token per row and step, each row ending at its own EOS: greedy search and sampling.
+
+    Each sentence gets ``copies`` rows (row ``b * copies + j``); ``choose(lprobs [N,V], rows [N])``
+    picks every row's next token ([N] long; ``rows`` [N] CPU: the rows' ids). ``temperature``
+    divides the logits. Returns, per sentence, its ``copies`` hypotheses, best first.
+    """
     B, device = src_ids.size(0), src_ids.device
     decoder = model.decoder
     max_len = max_lengths(src_mask, max_len_a, max_len_b, _decoder_limit(model))
     min_len_t = torch.minimum(torch.full_like(max_len, min_len), max_len)
-    state = decoder.init_state(model.encode(src_ids, src_mask), src_mask)
+    encoder_out = model.encode(src_ids, src_mask)
+    if copies > 1:                        # the encoder ran once; every copy gets its cross-attention rows
+        encoder_out, src_mask = encoder_out.repeat_interleave(copies, 0), src_mask.repeat_interleave(copies, 0)
+        max_len, min_len_t = max_len.repeat_interleave(copies), min_len_t.repeat_interleave(copies)
+    state = decoder.init_state(encoder_out, src_mask)
     results: list[list[Hypothesis]] = [[] for _ in range(B)]
-    sent_ids = torch.arange(B)
-    prev = torch.full((B,), Vocab.BOS, dtype=torch.long, device=device)           # [B']
-    out = torch.empty(B, 0, dtype=torch.long, device=device)                       # [B', t]
-    scores = torch.zeros(B, device=device)
+    row_ids = torch.arange(B * copies)                                             # [N'] CPU
+    prev = torch.full((B * copies,), Vocab.BOS, dtype=torch.long, device=device)   # [N']
+    out = torch.empty(B * copies, 0, dtype=torch.long, device=device)              # [N', t]
+    scores = torch.zeros(B * copies, device=device)
     step = 0
-    while sent_ids.numel():
-        lprobs = _prepare_lprobs(decoder.step(prev, state), step, max_len[sent_ids], min_len_t[sent_ids])
-        best, prev = lprobs.max(dim=1)                                             # [B']
-        scores = scores + best
+    while row_ids.numel():
+        lprobs = _prepare_lprobs(decoder.step(prev, state), step, max_len[row_ids], min_len_t[row_ids], temperature)
+        if no_repeat_ngram_size:
+            ban_repeated_ngrams(lprobs, out, no_repeat_ngram_size)
+        prev = choose(lprobs, row_ids)                                             # [N']
+        scores = scores + lprobs.gather(1, prev[:, None])[:, 0]
         ended = prev.eq(Vocab.EOS).cpu()
         if ended.any():
             idx = ended.nonzero(as_tuple=True)[0]
-            for s, toks, sc in zip(sent_ids[idx].tolist(), out[idx.to(device)].tolist(),
+            for r, toks, sc in zip(row_ids[idx].tolist(), out[idx.to(device)].tolist(),
                                    (scores[idx.to(device)].double() / (step + 1) ** lenpen).tolist()):
-                results[s].append(Hypothesis(toks, sc))
+                results[r // copies].append(Hypothesis(toks, sc))
             keep = (~ended).nonzero(as_tuple=True)[0]
             keep_dev = keep.to(device)
-            sent_ids, prev, out, scores = sent_ids[keep], prev[keep_dev], out[keep_dev], scores[keep_dev]
+            row_ids, prev, out, scores = row_ids[keep], prev[keep_dev], out[keep_dev], scores[keep_dev]
             state = decoder.reorder_state(state, keep_dev, source_order=keep_dev)
         out = torch.cat([out, prev[:, None]], dim=1)
         step += 1
-    return results
+    return [sorted(hyps, key=lambda h: -h.score) for hyps in results] if copies > 1 else results
 
 
 class ScriptedModel:

@@ -1,11 +1,13 @@
-"""Translation with a trained checkpoint: text lines in, text lines out (beam or greedy search).
+"""Translation with a trained checkpoint: text lines in, text lines out (beam search, greedy or sampling).
 
 :class:`Translator` holds a model and its two text pipelines. Lines are encoded, sorted by length
 (longest first), translated in batches of at most ``batch_size`` sentences and ``max_tokens``
-padded source tokens (nmt/decode/beam_search.py), decoded (BPE removed, detokenized) and returned in input
-order. Empty lines give empty translations; lines longer than the encoder's positions are truncated
-with a warning naming the line. ``translate.py`` is the command line over it; the trainer uses it
-for the dev BLEU after each epoch and tools/run_experiments.py for the test sets.
+padded source tokens (nmt/decode/beam_search.py, nmt/decode/sampling.py), decoded (BPE removed,
+detokenized) and returned in input order. Empty lines give empty translations; lines longer than
+the encoder's positions are truncated with a warning naming the line. ``translate.py`` is the
+command line over it (a stream translated buffer by buffer: ``first_line`` keeps line numbers and
+sampling seeds those of the whole input); the trainer uses it for the dev BLEU after each epoch and
+tools/run_experiments.py for the test sets.
 
 Each line gives a :class:`TranslationResult` (as CTranslate2's ``translate_batch`` does): its
 ``text`` and ``score`` are the best hypothesis's, ``hypotheses`` the n-best list, best first::
@@ -18,13 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+from torch import Tensor
 
 from nmt.cpu.inference_linear import prepare_for_translation
 from nmt.decode.beam_search import Hypothesis, beam_search, greedy_search
 from nmt.decode.length_penalty import DEFAULT_LENPEN
+from nmt.decode.sampling import check_sampling_options, row_seed, sample_search
 from nmt.errors import TranslateError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
@@ -55,6 +59,7 @@ class TranslationResult:
 
 
 EMPTY = TranslationResult([TranslationHypothesis("", 0.0)])
+DEFAULT_BEAM = 10                       # the paper's beam size
 
 
 def translation_device(name: str | torch.device) -> torch.device:
@@ -118,10 +123,11 @@ class Translator:
         return min(int(self.source.max_positions), self.model.encoder_max_positions)
 
     def encode_lines(self, lines: Sequence[str], name: str = "<input>",
-                     warn: Callable[[str], None] = lambda msg: None) -> list[list[int] | None]:
-        """Source ids per line; None for an empty line. Overlong lines are truncated with a warning."""
+                     warn: Callable[[str], None] = lambda msg: None, first_line: int = 1) -> list[list[int] | None]:
+        """Source ids per line; None for an empty line. Overlong lines are truncated with a warning
+        (naming the line by its number in the input, ``lines[0]`` being number ``first_line``)."""
         limit, out = self.max_source_len, []
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(lines, first_line):
             if not line.strip():
                 out.append(None)
                 continue
@@ -133,38 +139,112 @@ class Translator:
             out.append(ids)
         return out
 
-    def translate(self, lines: Sequence[str], *, beam: int = 10, lenpen: float | None = None, nbest: int = 1,
-                  batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
-                  max_len_b: int = 10, name: str = "<input>", warn: Callable[[str], None] = lambda m: None,
-                  progress=None) -> list[TranslationResult]:
+    def translate(self, lines: Sequence[str], *, beam: int | None = None, lenpen: float | None = None,
+                  nbest: int = 1, batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
+                  max_len_b: int = 10, no_repeat_ngram_size: int = 0, sampling: bool = False,
+                  sampling_topk: int | None = None, sampling_topp: float | None = None, temperature: float = 1.0,
+                  seed: int | None = None, name: str = "<input>", first_line: int = 1,
+                  warn: Callable[[str], None] = lambda m: None, progress=None) -> list[TranslationResult]:
         """One result per line, in input order, with ``nbest`` hypotheses; an empty line gives an
-        empty translation with score 0. ``lenpen``: None for the model's default (:attr:`lenpen`)."""
+        empty translation with score 0. ``lenpen``: None for the model's default (:attr:`lenpen`).
+
+        ``beam``: the beam size (None: 10; 1: greedy search). ``sampling``: draw ``beam`` samples per
+        line instead (None: ``nbest``), with ``sampling_topk`` / ``sampling_topp`` / ``temperature``
+        (nmt/decode/sampling.py); ``seed`` makes them reproducible: each line's samples are seeded by
+        ``seed`` and the line's number, so they do not depend on batching. ``first_line``: the number
+        of ``lines[0]`` in the whole input (a stream translated in parts), for warnings and seeds.
+        ``no_repeat_ngram_size``: no hypothesis repeats an n-gram of target tokens (0: off).
+        """
         lenpen = self.lenpen if lenpen is None else lenpen
-        encoded = self.encode_lines(lines, name, warn)
+        search = self.searcher(beam=beam, nbest=nbest, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b,
+                               no_repeat_ngram_size=no_repeat_ngram_size, sampling=sampling,
+                               sampling_topk=sampling_topk, sampling_topp=sampling_topp, temperature=temperature,
+                               seed=seed)
+        encoded = self.encode_lines(lines, name, warn, first_line)
         results: list[TranslationResult] = [EMPTY for _ in lines]
-        order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))
-        pad = self.source.pad_id
-        start = 0
-        while start < len(order):
-            longest = len(encoded[order[start]])          # sorted longest first: the batch's width
-            size = min(batch_size, max(1, (max_tokens or 1 << 62) // longest))
-            batch = order[start:start + size]
-            start += len(batch)
-            src = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros(len(batch), longest, dtype=torch.bool)
-            for row, i in enumerate(batch):
-                src[row, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, :len(encoded[i])] = True
-            src, mask = src.to(self.device), mask.to(self.device)
-            hyps: list[list[Hypothesis]]
-            if beam == 1:
-                hyps = greedy_search(self.model, src, mask, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b)
-            else:
-                hyps = beam_search(self.model, src, mask, beam_size=beam, lenpen=lenpen, nbest=nbest,
-                                   max_len_a=max_len_a, max_len_b=max_len_b)
+        for batch in length_sorted_batches(encoded, batch_size, max_tokens):
+            src, mask = self.source_batch([encoded[i] for i in batch])
+            hyps = search(src, mask, [first_line + i for i in batch])
             for i, h in zip(batch, hyps):
                 results[i] = TranslationResult([TranslationHypothesis(self.target.decode(x.tokens), x.score)
-                                                for x in h])
+                                                for x in h[:nbest]])
             if progress is not None:
                 progress.update(len(batch))
         return results
+
+    def source_batch(self, encoded: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded source ids and mask [B,S] of encoded lines, on the translator's device."""
+        longest = max(len(ids) for ids in encoded)
+        src = torch.full((len(encoded), longest), self.source.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(encoded), longest, dtype=torch.bool)
+        for row, ids in enumerate(encoded):
+            src[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = True
+        return src.to(self.device), mask.to(self.device)
+
+    def searcher(self, *, beam: int | None, nbest: int, lenpen: float, max_len_a: float, max_len_b: int,
+                 no_repeat_ngram_size: int, sampling: bool, sampling_topk: int | None, sampling_topp: float | None,
+                 temperature: float, seed: int | None) -> Callable[[Tensor, Tensor, list[int]], list[list[Hypothesis]]]:
+        """The search :meth:`translate` runs: (src, mask, the lines' numbers) -> hypotheses per line.
+        Checks the options first (TranslateError)."""
+        check_search_options(beam=beam, nbest=nbest, no_repeat_ngram_size=no_repeat_ngram_size, sampling=sampling,
+                             sampling_topk=sampling_topk, sampling_topp=sampling_topp, temperature=temperature,
+                             seed=seed)
+        limits = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b,
+                      no_repeat_ngram_size=no_repeat_ngram_size)
+        model, device, width = self.model, self.device, search_width(beam, nbest, sampling)
+        if not sampling and width == 1:
+            return lambda src, mask, numbers: greedy_search(model, src, mask, **limits)
+        if not sampling:
+            return lambda src, mask, numbers: beam_search(model, src, mask, beam_size=width, nbest=nbest, **limits)
+        if seed is None:
+            seed = torch.Generator().seed()             # a fresh random seed, global RNG untouched
+
+        def run(src: Tensor, mask: Tensor, numbers: list[int]) -> list[list[Hypothesis]]:
+            generators = [torch.Generator(device=device).manual_seed(row_seed(seed, n, j))
+                          for n in numbers for j in range(width)]
+            return sample_search(model, src, mask, num_samples=width, sampling_topk=sampling_topk,
+                                 sampling_topp=sampling_topp, temperature=temperature, generator=generators, **limits)
+        return run
+
+
+def search_width(beam: int | None, nbest: int, sampling: bool) -> int:
+    """The beam size, or with ``sampling`` the samples per line: ``beam``, else 10 (the paper's beam),
+    or ``nbest`` samples (one per line unless more are asked for, as fairseq's ``--sampling --beam N``)."""
+    if beam is not None:
+        return beam
+    return nbest if sampling else DEFAULT_BEAM
+
+
+def check_search_options(*, beam: int | None, nbest: int, no_repeat_ngram_size: int = 0, sampling: bool = False,
+                         sampling_topk: int | None = None, sampling_topp: float | None = None,
+                         temperature: float = 1.0, seed: int | None = None) -> None:
+    """TranslateError, naming translate.py's flags, for options :meth:`Translator.translate` cannot use."""
+    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) \
+            or no_repeat_ngram_size < 0:
+        raise TranslateError(f"--no-repeat-ngram-size {no_repeat_ngram_size}: must be a whole number >= 0")
+    width = search_width(beam, nbest, sampling)
+    what = "--beam (samples per line with --sampling)" if sampling else "--beam"
+    if width < 1 or not 1 <= nbest <= width:
+        raise TranslateError(f"need {what} >= 1 and 1 <= --nbest <= {what.split()[0]} (got {width}, {nbest})")
+    if sampling:
+        check_sampling_options(sampling_topk, sampling_topp, temperature)
+    elif sampling_topk is not None or sampling_topp is not None or temperature != 1.0 or seed is not None:
+        raise TranslateError("--sampling-topk, --sampling-topp, --temperature and --seed need --sampling")
+
+
+def length_sorted_batches(encoded: Sequence[list[int] | None], batch_size: int,
+                          max_tokens: int | None) -> Iterator[list[int]]:
+    """Indices of the non-empty lines in batches, longest first: at most ``batch_size`` lines and
+    ``max_tokens`` padded source tokens (at least one line) each.
+
+    >>> list(length_sorted_batches([[1] * 3, None, [1] * 5, [1]], batch_size=2, max_tokens=None))
+    [[2, 0], [3]]
+    """
+    order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))
+    start = 0
+    while start < len(order):
+        longest = len(encoded[order[start]])          # sorted longest first: the batch's width
+        size = min(batch_size, max(1, (max_tokens or 1 << 62) // longest))
+        yield order[start:start + size]
+        start += size
