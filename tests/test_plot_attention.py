@@ -6,37 +6,19 @@ import pytest
 import torch
 
 from nmt.decode.translator import Translator
-from nmt.model import bert
-from nmt.model.seq2seq import ModelSpec, build_model
-from nmt.text.bpe import BPE
-from nmt.text.pipeline import SourcePipeline, TargetPipeline
-from nmt.text.wordpiece import WordPieceTokenizer
+from tests import test_translate as translate_tests
 from tools.plot_attention import attention_map, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
-WORDS = "the a cat dog sat on mat house is small big red".split()
-TARGET_LINES = ["das ist ein Haus .", "die Katze sitzt auf der Matte .", "der Hund ist groß !"]
 SENTENCE = "the cat sat on the mat ."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def make_checkpoint(path, max_positions=16):
-    """A 2-layer decoder over a 1-layer BERT (as tests/test_translate.py builds its checkpoint)."""
-    tok = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!"] + WORDS + ["##s"])
-    source = SourcePipeline.wordpiece(tok, max_positions=max_positions)
-    target = TargetPipeline.build("raw", BPE([("a", "s"), ("d", "e"), ("i", "e")]), TARGET_LINES)
-    cfg = bert.BertConfig(vocab_size=len(tok.vocab_tokens), hidden_size=16, num_hidden_layers=1,
-                          num_attention_heads=2, intermediate_size=32, max_position_embeddings=max_positions)
-    spec = ModelSpec.bert(cfg, tgt_vocab_size=len(target.vocab), src_pad_id=tok.pad_id, num_layers=2)
-    torch.manual_seed(0)
-    model = build_model(spec)
-    with torch.no_grad():
-        model.decoder.output_projection.weight.mul_(4.0)   # peaky: short, input-dependent outputs
+def make_checkpoint(path):
+    """tests/test_translate.py's tiny checkpoint (a 2-layer decoder over a 1-layer BERT), at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "nmt-checkpoint/1", "model_spec": spec.to_dict(), "model": model.state_dict(),
-                "source": source.to_dict(), "target": target.to_dict()}, path)
-    return path
+    return translate_tests.make_checkpoint(path)
 
 
 @pytest.fixture
