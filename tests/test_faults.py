@@ -16,29 +16,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from nmt.model.bert import BertConfig, BertEncoder
-from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
 from nmt.weights.checkpoint import load_checkpoint
-from nmt.weights.pretrained import NativeBert, save_native
-from tests.test_trainer import _prepare, _short_pairs
+from tests.test_trainer import work  # noqa: F401  (the module-scoped fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """Prepared data (40 short real pairs, 12 dev), a tiny random BERT, and one uninterrupted run."""
+def tiny(work, tmp_path_factory) -> dict:  # noqa: F811
+    """The trainer tests' data (40 short real pairs, 12 dev) and tiny random BERT, and one
+    uninterrupted run of them."""
     base = tmp_path_factory.mktemp("faults")
-    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    save_native(NativeBert(config, BertEncoder(config).state_dict(), vocab, True, "tiny"), base / "bert.pt")
-    data = _prepare(base / "data", base / "raw", _short_pairs("train", 40), _short_pairs("dev", 12))
-    paths = {"base": base, "bert": base / "bert.pt", "data": data}
+    paths = {"base": base, "bert": work["bert"], "data": work["data"]}
     reference = base / "reference"
     t0 = time.time()
     assert train(paths, reference).returncode == 0

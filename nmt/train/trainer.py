@@ -229,19 +229,11 @@ class Trainer:
         path = self.out_dir / "metrics.jsonl"
         if not self.master_process or not path.is_file():
             return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:          # a line cut short by a kill: it is replayed
-                continue
-            if record.get("event") == "train" and record.get("step", 0) > self.step:
-                continue
-            if record.get("event") == "epoch" and record.get("epoch", 0) > self.epoch:
-                continue
-            kept.append(line)
+        kept = [r for r in self._logged()       # a line cut short by a kill is dropped: it is replayed
+                if not (r.get("event") == "train" and r.get("step", 0) > self.step)
+                and not (r.get("event") == "epoch" and r.get("epoch", 0) > self.epoch)]
         with atomic_write(path, "w") as f:
-            f.write("".join(line + "\n" for line in kept))
+            f.write("".join(json.dumps(r) + "\n" for r in kept))
 
     def _prune_epoch_checkpoints(self) -> None:
         """--keep-last-epochs N: remove checkpoint_epochK.pt older than the last N epochs, except the
@@ -500,8 +492,9 @@ class Trainer:
         tokens, sentences = self.batch_limits
         batching = (f"at most {sentences} sentences" if cfg.batching == "sentences" else
                     f"{tokens:,} padded tokens each, about {cfg.max_sentences} sentences on average")
-        per_update = int((self.train_data.tgt_lengths + 1).sum()) / (self.updates_per_epoch * self.world_size) \
-            * self.world_size                   # target tokens (with EOS) per update, all processes together
+        # target tokens (with EOS) per update, all processes together: each rank's share of the pairs
+        # goes into the same number of updates
+        per_update = int((self.train_data.tgt_lengths + 1).sum()) / self.updates_per_epoch
         self.print(f"stage {cfg.stage}: {len(self.train_data):,} training pairs in {self.batches_per_epoch} batches "
                    f"per epoch ({batching}){where}, {len(self.valid_data):,} dev pairs; {self.updates_per_epoch} "
                    f"updates per epoch of {cfg.update_freq} x {self.world_size} batches, about {per_update:,.0f} target "
