@@ -40,6 +40,7 @@ from typing import IO, Callable, Iterable, Iterator
 import torch
 
 from nmt.cpu.allocator import keep_freed_memory
+from nmt.cpu.inference_linear import COMPUTE_TYPES
 from nmt.decode.translator import Translator, check_search_options
 from nmt.errors import NmtError, TranslateError, error_line
 from nmt.files import DEMO_PAIRS, atomic_write, demo_name, run_dir
@@ -189,9 +190,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bleu-tokenize", default="13a",
                    help="sacrebleu tokenizer for --reference; 'none' for pre-tokenized references")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--int8", action="store_true",
-                   help="CPU only: int8 weights (per output channel) and int8 activations in the decoder's "
-                        "linear layers (fbgemm dynamic quantization; nmt/cpu/inference_linear.py): faster decoding")
+    p.add_argument("--compute-type", default="float32", choices=COMPUTE_TYPES,
+                   help="precision of the linear layers, named as in CTranslate2: float32; bfloat16 (GPUs and CPUs "
+                        "with bf16 instructions); int8 (CPU: int8 weights per output channel and int8 activations "
+                        "in the decoder, fbgemm dynamic quantization). Speed and BLEU of each: docs/speed.md")
+    p.add_argument("--int8", action="store_true", help="same as --compute-type int8")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
         if demo_run and not Path(args.checkpoint).is_dir():
             raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
                                  f"(python train.py --pair {args.pair}) or pass --checkpoint")
-        translator = Translator.from_checkpoint(args.checkpoint, args.device, int8=args.int8)
+        translator = Translator.from_checkpoint(args.checkpoint, args.device, args.compute_type, int8=args.int8)
         if args.lenpen is None and not args.quiet and (args.beam or 10) > 1 and not args.sampling:
             print(f"length penalty {translator.lenpen:g} (the checkpoint's default; --lenpen to change)",
                   file=sys.stderr)

@@ -473,3 +473,36 @@ def test_best_metric_bleu_picks_the_best_checkpoint_by_dev_bleu(work, tmp_path, 
     assert best["epoch"] == 2 and best["best_dev_bleu"] == 9.0
     with pytest.raises(ConfigError, match="--best-metric bleu needs --dev-bleu"):
         make_cfg(work, tmp_path, best_metric="bleu", dev_bleu=False).validate()
+
+
+def test_bfloat16_autocast_on_the_cpu_trains_with_fp32_master_weights(work, tmp_path, monkeypatch):
+    """--amp bfloat16 on a CPU (here with bf16 emulated; on AVX512-BF16/AMX CPUs it is the fast path):
+    bf16 products, fp32 weights and optimizer, a loss within bf16 rounding of fp32's, and it learns."""
+    from nmt.train import assemble
+    monkeypatch.setattr(assemble, "cpu_has_bf16", lambda: True)
+    losses = {}
+    for amp in ("off", "bfloat16"):
+        torch.manual_seed(0)
+        cfg = make_cfg(work, tmp_path / amp, stage="direct", label_smoothing=0.0, dropout=0.0, encoder_dropout=0.0,
+                       lr=3e-3, warmup_steps=10, amp=amp)
+        trainer = setup(cfg, print_fn=quiet)
+        batch = collate(trainer.train_data, np.arange(8), trainer.src_pad_id)
+        losses[amp] = []
+        for _ in range(40):
+            losses[amp].append(trainer.train_step([batch])[1] / batch.num_tokens)
+            trainer.step += 1
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert losses["bfloat16"][0] == pytest.approx(losses["off"][0], rel=0.02)      # same start, bf16 rounding
+    assert losses["bfloat16"][-1] < 0.5 * losses["bfloat16"][0]                   # and it learns
+    assert losses["bfloat16"][-1] == pytest.approx(losses["off"][-1], rel=0.25)    # about as fast as fp32
+
+
+def test_amp_the_device_cannot_run_is_refused(work, tmp_path, capsys, monkeypatch):
+    from nmt.train import assemble
+    monkeypatch.setattr(assemble, "cpu_has_bf16", lambda: False)
+    code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--run-dir", str(tmp_path),
+                         "--amp", "bfloat16"], capsys)
+    assert code == 2 and err.startswith("error: --amp bfloat16: this CPU has no bfloat16 instructions"), err
+    code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--run-dir", str(tmp_path),
+                         "--amp", "float16"], capsys)
+    assert code == 2 and "error: --amp float16 needs a CUDA device" in err, err

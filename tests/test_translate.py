@@ -195,6 +195,28 @@ def test_int8_translates_every_line_with_int8_layers_and_close_scores(tmp_path, 
     assert a.score == pytest.approx(b.score, rel=0.1, abs=0.05)
 
 
+def test_compute_type_bfloat16_translates_on_bf16_cpus_and_is_refused_elsewhere(tmp_path, ckpt, capsys, monkeypatch):
+    from nmt.cpu import inference_linear
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SOURCE) + "\n", encoding="utf-8")
+    monkeypatch.setattr(inference_linear, "cpu_has_bf16", lambda: False)
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--compute-type", "bfloat16", "--device", "cpu")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: --compute-type bfloat16: this CPU has no bfloat16 instructions")
+    monkeypatch.setattr(inference_linear, "cpu_has_bf16", lambda: True)      # as on a CPU with AVX512-BF16 or AMX
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--compute-type", "bfloat16", "--beam", 4)
+    assert code == 0 and len(out.split("\n")[:-1]) == len(SOURCE), err
+    bf16 = translate.Translator.from_checkpoint(ckpt, compute_type="bfloat16")
+    assert {type(m).__name__ for m in bf16.model.modules()} >= {"BFloat16Linear"}
+    assert not any(isinstance(m, torch.nn.Linear) for m in bf16.model.modules())
+    fp32 = translate.Translator.from_checkpoint(ckpt)
+    ids = torch.tensor([fp32.source.encode(SOURCE[0])])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    a = beam_search(fp32.model, ids, mask, beam_size=4)[0][0]
+    b = beam_search(bf16.model, ids, mask, beam_size=4)[0][0]
+    assert a.score == pytest.approx(b.score, rel=0.05, abs=0.05)
+
+
 def test_default_length_penalty_is_the_checkpoints_choice(tmp_path, ckpt, capsys):
     # a checkpoint with a dev-chosen length penalty (train.py --lenpen-grid) decodes with it unless --lenpen
     # is given; n-best scores are sum(log p) / len**lenpen, so they show which value was used

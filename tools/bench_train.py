@@ -15,6 +15,9 @@ bound that FLOP counting allows. With E and D the forward FLOPs of the encoder a
     stage 1 (frozen encoder)  E + 3D      bound on the speed-up: (3E + 3D) / (E + 3D)
     stage 1, cached encoder        3D     bound: (3E + 3D) / 3D
 
+Each row also gives the update's achieved GFLOP/s (those FLOPs over its time) and that as a share of
+this machine's measured matrix-product peak for the --amp dtype (tools/gemm_peak.py).
+
 Stage 1 also saves the encoder's gradients and Adam state (12 bytes per encoder parameter: fp32
 gradient + two fp32 moments) and the encoder activations kept for backward. The weights are random
 (speed does not depend on their values); the model shapes are the real ones (MiniLM config).
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gemm_peak import describe, measure_peaks
 from nmt.cpu.gemm import use_onednn
 from nmt.model.bert import BertConfig
 from nmt.model.loss import label_smoothed_nll_loss
@@ -220,6 +224,10 @@ def main(argv=None) -> int:
           f"cached (3E+3D)/3D = {bounds['stage1-cached']:.2f}x")
     print(f"stage 1 saves the encoder's gradients + Adam state: 12 bytes x {f['encoder_params']:,} = "
           f"{12 * f['encoder_params'] / 2**20:.0f} MiB")
+    update_flops = {"stage2": 3 * E + 3 * D, "stage1": E + 3 * D, "stage1-cached": 3 * D, "hf": 3 * E + 3 * D}
+    peaks = measure_peaks(device=args.device.split(":")[0])
+    peak = peaks.get("bfloat16" if args.amp == "bfloat16" else "float16" if args.amp == "float16" else "float32")
+    print(describe(peaks))
     results = {}
     # a child gets the same flags plus --only NAME (it returns before reading --configs or --json)
     base_cmd = [sys.executable, str(Path(__file__).resolve())] + list(argv or sys.argv[1:])
@@ -231,14 +239,17 @@ def main(argv=None) -> int:
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     mem_label = "peak alloc" if args.device.startswith("cuda") else "peak RSS"
     print(f"\n{'config':15s} {'params':>11s} {'trainable':>11s} {'ms/update':>10s} {'tok/s':>9s} "
-          f"{'speed-up':>9s} {'bound':>6s} {'of bound':>9s} {mem_label:>11s}")
+          f"{'speed-up':>9s} {'bound':>6s} {'of bound':>9s} {mem_label:>11s} {'GFLOP/s':>8s} {'of peak':>8s}")
     ref = results.get("stage2")
     for name, r in results.items():
         speedup = ref["ms"] / r["ms"] if ref else float("nan")
         bound = bounds.get(name)
         of_bound = f"{100 * speedup / bound:.0f}%" if bound and name != "stage2" else ""
+        r["gflops"] = round(update_flops[name] / r["ms"] / 1e6, 2)       # FLOPs per update / time (not in HF's)
+        share = f"{100 * r['gflops'] / peak['gflops']:.0f}%" if peak else ""
         print(f"{name:15s} {r['params']:>11,} {r['trainable']:>11,} {r['ms']:>10.1f} {r['tokens_per_s']:>9.0f} "
-              f"{speedup:>8.2f}x {bound or float('nan'):>6.2f} {of_bound:>9s} {r['peak_bytes'] / 2**20:>8.0f} MiB")
+              f"{speedup:>8.2f}x {bound or float('nan'):>6.2f} {of_bound:>9s} {r['peak_bytes'] / 2**20:>8.0f} MiB "
+              f"{r['gflops']:>8.1f} {share:>8s}")
     if ref and "hf" in results:
         print(f"\nour stage 2 vs HF EncoderDecoderModel (same shapes, same batch, end to end): "
               f"{results['hf']['ms'] / ref['ms']:.2f}x faster")
@@ -247,7 +258,7 @@ def main(argv=None) -> int:
         print(f"stage 1 peak memory is {saved:.0f} MiB below stage 2's (encoder grads + Adam alone: "
               f"{12 * f['encoder_params'] / 2**20:.0f} MiB)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "flops": f, "bounds": bounds,
+        Path(args.json).write_text(json.dumps({"args": vars(args), "flops": f, "bounds": bounds, "peaks": peaks,
                                                "results": results}, indent=1))
     return 0
 

@@ -8,11 +8,14 @@ target vocabulary. HF's model is ``BartForConditionalGeneration`` configured to 
 that same BART after conversion. Every system is forced to produce exactly ``--tgt-len`` tokens
 plus EOS for every hypothesis (min length = max length), so all do the same number of decoder
 steps. Reports sentences/s and generated tokens/s at beam 10 and beam 1, batch 1 and batch 64: the
-fastest of ``--repeats`` runs per system, the systems taking turns. ``--compute-types int8`` adds
-int8 rows (CPU): ours with ``translate.py --int8``'s layers, CTranslate2 with ``compute_type="int8"``.
+fastest of ``--repeats`` runs per system, the systems taking turns. ``--compute-types`` names the
+precisions as CTranslate2 does (``translate.py --compute-type``): float32, bfloat16 (GPUs and CPUs
+with bf16 instructions; CTranslate2 has no bf16 on the CPU) and int8 (CPU). Each row also gives the
+achieved GFLOP/s (the search's matrix-product FLOPs, counted once on the fp32 model, over its time)
+and that as a share of this machine's measured peak for the compute type (tools/gemm_peak.py).
 
     python tools/bench_translate.py --threads 1 --repeats 3 --json bench.jsonl   # the README's table
-    python tools/bench_translate.py --device cuda --sentences 256 --compute-types float32
+    python tools/bench_translate.py --device cuda --sentences 256 --compute-types float32,bfloat16
 
 transformers and ctranslate2 are benchmark-only dependencies (ctranslate2 is optional: skipped
 with a note when it is not installed).
@@ -29,26 +32,42 @@ from pathlib import Path
 import torch
 
 from nmt.cpu.allocator import keep_freed_memory
-from nmt.cpu.inference_linear import prepare_for_translation
+from gemm_peak import describe, measure_peaks
+from nmt.cpu.inference_linear import COMPUTE_TYPES, check_compute_type, prepare_for_translation
 from nmt.decode.beam_search import beam_search, greedy_search
 from nmt.model.seq2seq import ModelSpec, build_model
 
 H, HEADS, FFN, LAYERS, SRC_VOCAB, TGT_VOCAB = 384, 12, 1536, 6, 30522, 16000
 
 
-def ours(device, int8: bool = False):
+def our_model(device):
     from nmt.model.bert import BertConfig
     cfg = BertConfig(vocab_size=SRC_VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                      intermediate_size=FFN, max_position_embeddings=512)
     torch.manual_seed(0)
-    model = build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
-    prepare_for_translation(model, int8=int8)         # as translate.py [--int8] does
+    return build_model(ModelSpec.bert(cfg, tgt_vocab_size=TGT_VOCAB, src_pad_id=0)).to(device).eval()
 
-    def run(src, mask, beam, tgt_len):
-        if beam == 1:
-            return greedy_search(model, src, mask, max_len_a=0, max_len_b=tgt_len, min_len=tgt_len)
-        return beam_search(model, src, mask, beam_size=beam, max_len_a=0, max_len_b=tgt_len, min_len=tgt_len)
-    return run
+
+def search(model, src, mask, beam, tgt_len):
+    if beam == 1:
+        return greedy_search(model, src, mask, max_len_a=0, max_len_b=tgt_len, min_len=tgt_len)
+    return beam_search(model, src, mask, beam_size=beam, max_len_a=0, max_len_b=tgt_len, min_len=tgt_len)
+
+
+def ours(device, compute_type: str = "float32"):
+    model = prepare_for_translation(our_model(device), compute_type)     # as translate.py --compute-type does
+    return lambda src, mask, beam, tgt_len: search(model, src, mask, beam, tgt_len)
+
+
+def search_flops(device, sources, batch, beam, tgt_len) -> int:
+    """Matrix-product FLOPs of decoding ``sources`` in batches of ``batch`` (FlopCounterMode counts
+    aten ops, so on the unprepared fp32 model; every system does the same products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model, (src_all, mask_all) = our_model(device), sources
+    with FlopCounterMode(display=False) as counter:
+        for i in range(0, src_all.size(0), batch):
+            search(model, src_all[i:i + batch], mask_all[i:i + batch], beam, tgt_len)
+    return counter.get_total_flops()
 
 
 def hf_bart(device):
@@ -91,8 +110,12 @@ def ctranslate2_bart(hf_model, device, compute_types=("float32",)):
         TransformersConverter(str(src_dir)).convert(str(out), force=True)
     except Exception as e:   # noqa: BLE001 -- converter support varies by version
         return None, f"ctranslate2 could not convert the BART model ({type(e).__name__}: {e}): skipped"
-    runs = {}
+    runs, supported = {}, ctranslate2.get_supported_compute_types("cuda" if device.type == "cuda" else "cpu")
     for compute_type in compute_types:
+        if compute_type not in supported:        # CTranslate2 would silently compute in another type
+            print(f"note: CTranslate2 {ctranslate2.__version__} has no {compute_type} on {device.type} "
+                  f"(it offers {', '.join(sorted(supported))}): skipped")
+            continue
         translator = ctranslate2.Translator(str(out), device="cuda" if device.type == "cuda" else "cpu",
                                             compute_type=compute_type, inter_threads=1,
                                             intra_threads=torch.get_num_threads())
@@ -132,8 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate (its model is still built "
                                                         "when CTranslate2 runs: CTranslate2 converts it)")
     p.add_argument("--compute-types", default="float32,int8",
-                   help="float32 and/or int8 (int8: translate.py --int8 and CTranslate2 compute_type int8; "
-                        "CPU only; HF runs float32 only)")
+                   help="comma-separated float32, bfloat16, int8 (translate.py --compute-type and CTranslate2's "
+                        "compute_type; int8 CPU only; bfloat16 needs a GPU or a CPU with bf16 instructions, "
+                        "skipped with a note elsewhere; HF runs float32 only)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs per system and setting, round-robin over the systems; the fastest counts "
                         "(a shared machine only ever adds time)")
@@ -146,10 +170,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     compute_types = [c.strip() for c in args.compute_types.split(",") if c.strip()]
-    if not compute_types or set(compute_types) - {"float32", "int8"}:
-        p.error(f"--compute-types: float32 and/or int8, got {args.compute_types!r}")
-    if "int8" in compute_types and device.type != "cpu":
-        p.error("int8 decoding is CPU only; pass --compute-types float32 on a GPU")
+    if not compute_types or set(compute_types) - set(COMPUTE_TYPES):
+        p.error(f"--compute-types: some of {', '.join(COMPUTE_TYPES)}, got {args.compute_types!r}")
+    for ct in list(compute_types):
+        try:
+            check_compute_type(ct, device)
+        except ValueError as e:
+            print(f"note: {ct} skipped: {e}")
+            compute_types.remove(ct)
+    if not compute_types:
+        p.error("no compute type this device can run")
     g = torch.Generator().manual_seed(0)
     n = max(args.sentences, args.sentences_batch1)
     src = torch.randint(5, SRC_VOCAB, (n, args.src_len), generator=g)
@@ -157,7 +187,7 @@ def main(argv=None) -> int:
     mask = torch.ones_like(src, dtype=torch.bool)
     sources = (src.to(device), mask.to(device))
 
-    systems = {("nmt", ct): ours(device, int8=ct == "int8") for ct in compute_types}   # (system, compute type)
+    systems = {("nmt", ct): ours(device, ct) for ct in compute_types}   # (system, compute type)
     hf_run, hf_model = hf_bart(device) if not (args.no_hf and args.no_ctranslate2) else (None, None)
     if not args.no_hf and "float32" in compute_types:
         systems["hf", "float32"] = hf_run
@@ -167,14 +197,18 @@ def main(argv=None) -> int:
             print(note)
         else:
             systems.update({("ctranslate2", ct): run for ct, run in ct2_runs.items()})
+    peaks = measure_peaks(device=device.type)
     print(f"device {device}, threads {torch.get_num_threads()}, src {args.src_len} tokens, "
           f"output {args.tgt_len} tokens + EOS, H {H}, {LAYERS}+{LAYERS} layers, target vocab {TGT_VOCAB}")
-    print(f"{'beam':>4} {'batch':>5} {'system':>12} {'compute':>8} {'sent/s':>9} {'tok/s':>9} {'nmt speed-up':>13}")
+    print(describe(peaks))
+    print(f"{'beam':>4} {'batch':>5} {'system':>12} {'compute':>8} {'sent/s':>9} {'tok/s':>9} {'nmt speed-up':>13} "
+          f"{'GFLOP/s':>8} {'of peak':>8}")
     rows = []
     for setting in args.settings.split(","):
         beam, batch = (int(v) for v in setting.split("x"))
         count = args.sentences_batch1 if batch == 1 else args.sentences
         sub = (sources[0][:count], sources[1][:count])
+        flop = search_flops(device, sub, batch, beam, args.tgt_len)
         times = {key: float("inf") for key in systems}
         for _ in range(args.repeats):
             for key, run in systems.items():
@@ -182,10 +216,13 @@ def main(argv=None) -> int:
         for (name, ct), t in times.items():
             ours_t = times.get(("nmt", ct))
             ratio = "" if name == "nmt" or ours_t is None else f"{t / ours_t:.2f}x"
+            peak = peaks.get(ct, {}).get("gflops")
+            share = f"{100 * flop / t / 1e9 / peak:.0f}%" if peak else ""
             print(f"{beam:>4} {batch:>5} {name:>12} {ct:>8} {count / t:>9.2f} {count * args.tgt_len / t:>9.1f} "
-                  f"{ratio:>13}", flush=True)
+                  f"{ratio:>13} {flop / t / 1e9:>8.1f} {share:>8}", flush=True)
             rows.append({"system": name, "compute_type": ct, "beam": beam, "batch": batch,
-                         "sent_per_s": round(count / t, 3)})
+                         "sent_per_s": round(count / t, 3), "gflops": round(flop / t / 1e9, 2),
+                         "peak_gflops": peak})
     if args.json:
         Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         print(f"wrote {len(rows)} rows to {args.json}")

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from nmt.cpu.inference_linear import prepare_for_translation
+from nmt.cpu.inference_linear import check_compute_type, prepare_for_translation
 from nmt.decode.beam_search import Hypothesis, beam_search, greedy_search
 from nmt.decode.length_penalty import DEFAULT_LENPEN
 from nmt.decode.sampling import check_sampling_options, row_seed, sample_search
@@ -95,11 +95,18 @@ class Translator:
     lenpen: float = DEFAULT_LENPEN      # the model's default length penalty (chosen on its dev set, if stored)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", int8: bool = False) -> "Translator":
-        """Load for decoding: every Linear swapped for a faster inference kernel (oneDNN-packed fp32
-        on the CPU; ``int8``: the decoder's in int8, CPU only; nmt/cpu/inference_linear.py). The default
-        length penalty is the checkpoint's dev-set choice (nmt/decode/length_penalty.py), else 1.0."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", compute_type: str = "float32",
+                        int8: bool = False) -> "Translator":
+        """Load for decoding: every Linear swapped for a faster inference kernel of ``compute_type``
+        (as CTranslate2 names them: float32, oneDNN-packed on the CPU; bfloat16; int8, the decoder's
+        layers, CPU only; nmt/cpu/inference_linear.py). ``int8=True`` is ``compute_type="int8"``. The
+        default length penalty is the checkpoint's dev-set choice (nmt/decode/length_penalty.py), else 1.0."""
         device = translation_device(device)
+        compute_type = "int8" if int8 else compute_type
+        try:
+            check_compute_type(compute_type, device)         # before the checkpoint is read
+        except ValueError as e:
+            raise TranslateError(f"--compute-type {compute_type}: {e}") from None
         path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path)            # checks it has model_spec, model, source and target
         source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
@@ -110,7 +117,7 @@ class Translator:
                                  f"{len(target.vocab)}) do not match the model ({spec.src_vocab_size}, "
                                  f"{spec.tgt_vocab_size})")
         try:
-            model = prepare_for_translation(model.to(device), int8=int8)
+            model = prepare_for_translation(model.to(device), compute_type)
         except (ValueError, RuntimeError) as e:
             raise TranslateError(f"{path}: {e}") from None
         lenpen = ckpt.get("decoding", {}).get("lenpen", DEFAULT_LENPEN)

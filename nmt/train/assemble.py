@@ -13,6 +13,7 @@ import torch
 
 from nmt.data.binarized import ParallelData, read_meta
 from nmt.data.prepare import prepare_demo
+from nmt.cpu.inference_linear import cpu_has_bf16
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
@@ -51,6 +52,17 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """TrainingError for an --amp the device cannot run well: float16 needs CUDA; bfloat16 on the
+    CPU needs bf16 instructions (elsewhere PyTorch emulates bf16 products, several times slower)."""
+    if amp == "float16" and device.type != "cuda":
+        raise TrainingError(f"--amp float16 needs a CUDA device (this run is on {device}); use --amp bfloat16 or off")
+    if amp == "bfloat16" and device.type == "cpu" and not cpu_has_bf16():
+        raise TrainingError("--amp bfloat16: this CPU has no bfloat16 instructions (no avx512_bf16/amx_bf16 in "
+                            "/proc/cpuinfo), so bf16 products would run several times slower than fp32; "
+                            "use --amp off")
 
 
 def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:

@@ -102,7 +102,7 @@ class TrainConfig:
     cache_dtype: str = flag("float16", "encoder cache precision: float16 (half the memory) | float32 (exact)")
     cache_max_gb: float = flag(4.0, "auto: largest in-memory cache (GB); larger ones go to disk in the run directory")
     device: str = flag("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
-    amp: str = flag("off", "CUDA autocast dtype: off | bfloat16 | float16")
+    amp: str = flag("off", "autocast dtype: off | bfloat16 (CUDA, or CPUs with bf16 instructions) | float16 (CUDA)")
     threads: int = flag(0, "torch CPU threads (0: torch's default)")
     progress: bool = flag(True, "show a tqdm bar per epoch")
 

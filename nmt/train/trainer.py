@@ -53,7 +53,7 @@ from nmt.decode.length_penalty import LengthPenaltyChoice, parse_grid
 from nmt.errors import DivergedError, TrainingError
 from nmt.files import atomic_copy, atomic_write, fault_point, remove_stale_temporaries
 from nmt.model.seq2seq import count_parameters, format_parameter_counts
-from nmt.train.assemble import Run, assemble_run, resolve_device
+from nmt.train.assemble import Run, assemble_run, check_amp, resolve_device
 from nmt.train.config import TrainConfig, default_run_dir
 from nmt.train.distributed import DistContext, rank_seed, shard_batches, shard_pairs
 from nmt.train.encoder_cache import EncoderCache, plan_cache, remove_cache_file
@@ -87,6 +87,7 @@ def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_proc
         print_fn = print_fn if master_process else (lambda *_: None)
     else:
         device = resolve_device(cfg.device)
+    check_amp(cfg.amp, device)
     with dist.rank0_first() if dist is not None else contextlib.nullcontext():
         if master_process:                      # before any rank writes there: what a killed run left
             for path in remove_stale_temporaries(stage_dir(default_run_dir(cfg), cfg.stage)):
@@ -144,8 +145,9 @@ class Trainer:
         self.dev_text = DevText(*split_text(valid.directory, "valid")[:2]) if wants_text else None
         self.set_stage(cfg.stage)
         amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.amp)
-        self.autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp and self.device.type == "cuda" \
-            else contextlib.nullcontext
+        # CPU or CUDA autocast: fp32 master weights and optimizer; products in bf16/fp16; the fused
+        # loss keeps its softmax statistics in fp32 (nmt/model/loss.py)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp)) if amp else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "float16" and self.device.type == "cuda" else None
         if resume_state is not None:
             self.load_state(resume_state)
