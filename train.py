@@ -68,4 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    from nmt.train.distributed import exit_worker, launched_by_torchrun
+    if launched_by_torchrun():
+        exit_worker(status)      # skips a shutdown that can abort under gloo (nmt/train/distributed.py)
+    sys.exit(status)

@@ -82,7 +82,8 @@ def run_cli(job, dist_unused, quiet) -> dict:
                 raise TrainingError(f"injected failure on rank {rank} at update {self.step + 1}")
             return step(self, batch)
         Trainer.train_step = failing
-    sys.exit(train_cli.main(job["argv"]))
+    from nmt.train.distributed import exit_worker
+    exit_worker(train_cli.main(job["argv"]))     # as train.py's __main__ does under torchrun
 
 
 def main() -> None:
@@ -92,7 +93,7 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     if spec["jobs"][0]["kind"] == "cli":         # train.py does its own process-group set-up
         run_cli(spec["jobs"][0], None, None)
-    from nmt.train.distributed import init_from_env
+    from nmt.train.distributed import exit_worker, init_from_env
     dist = init_from_env("cpu")
     assert dist is not None and dist.backend == "gloo", "run me with torchrun --nproc_per_node 2"
     results = []
@@ -106,6 +107,7 @@ def main() -> None:
         dist.destroy()
     if dist.rank == 0:
         Path(spec["result"]).write_text(json.dumps(results), encoding="utf-8")
+    exit_worker(0)        # as train.py does: a normal interpreter shutdown can abort under gloo
 
 
 if __name__ == "__main__":

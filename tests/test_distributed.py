@@ -139,6 +139,22 @@ def test_bad_torchrun_environment():
         init_from_env("cuda:1", environ={"WORLD_SIZE": "2", "RANK": "0"})
 
 
+def test_exit_worker_flushes_and_skips_interpreter_shutdown():
+    """The torchrun workers' exit (the gloo shutdown race, docs/distributed.md): buffered output reaches
+    the pipes, the status is kept, and no shutdown code runs (an atexit handler stands for it)."""
+    script = ("import atexit, sys\n"
+              "from nmt.train.distributed import exit_worker\n"
+              "atexit.register(lambda: print('shutdown ran', flush=True))\n"
+              "print('result line'); sys.stderr.write('error: rank 1: bad input')\n"
+              "exit_worker(3)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=REPO, check=False,
+                          env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},   # buffered, as
+                               "PYTHONPATH": str(REPO)})                                          # torchrun's pipes
+    assert proc.returncode == 3
+    assert proc.stdout == "result line\n" and proc.stderr == "error: rank 1: bad input"
+
+
 # ---------------------------------------------------------------------------------------------- 2 processes
 
 def test_two_processes_match_one_process_over_the_same_global_batches(work, exact_bert, tmp_path):

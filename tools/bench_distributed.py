@@ -33,7 +33,7 @@ def worker(args) -> None:
 
     from nmt.data.binarized import collate
     from nmt.train.config import TrainConfig
-    from nmt.train.distributed import init_from_env
+    from nmt.train.distributed import exit_worker, init_from_env
     from nmt.train.trainer import setup
     torch.set_num_threads(args.threads)
     dist = init_from_env(args.device)
@@ -75,6 +75,8 @@ def worker(args) -> None:
     if dist is None or dist.master_process:
         print("RESULT " + json.dumps({"procs": world, "tokens": int(tokens), "seconds": seconds,
                                       "tokens_per_s": tokens / seconds, "ms_per_update": 1000 * seconds / args.steps}))
+    if dist is not None:
+        exit_worker(0)        # as train.py does under torchrun (nmt/train/distributed.py)
 
 
 def launch(args, procs: int) -> dict:

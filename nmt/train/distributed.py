@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -101,6 +103,22 @@ class DistContext:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def exit_worker(status: int) -> NoReturn:
+    """End a torchrun worker with ``status`` now: flush stdout/stderr, then ``os._exit`` (no interpreter shutdown).
+
+    Why: once DistributedDataParallel has been used, torch 2.13 keeps the gloo process group and its
+    worker threads alive past ``destroy_process_group()``. A worker thread that frees a finished
+    collective (an all_gather of Python-made tensors) while the interpreter is shutting down must take
+    the GIL, cannot, and the process aborts: "terminate called without an active exception", SIGABRT.
+    Skipping the shutdown removes the race (docs/distributed.md has the backtrace and the counts).
+    Call it only after every file is closed and the process group is destroyed.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def init_from_env(device: str = "auto", timeout_s: float = 1800.0, environ=None) -> DistContext | None:
