@@ -256,7 +256,8 @@ def test_control_and_converged_baselines(stanford, tmp_path):
     def start(name):
         return json.loads((out / name / "scratch" / "metrics.jsonl").read_text().splitlines()[0])["config"]
     control = start("control")
-    assert control["arch"] == "transformer-minilm-size" and control["lr"] == 2.5e-4 and control["max_cpu_minutes"] > 0
+    assert control["arch"] == "transformer-minilm-size" and control["lr"] == 5e-4 and control["warmup_epochs"] == 4.0 \
+        and control["max_cpu_minutes"] > 0
     for name, arch in (("transformer-converged", "transformer-small"), ("control-converged", "transformer-minilm-size")):
         cfg = start(name)
         assert cfg["arch"] == arch and cfg["max_cpu_minutes"] is None and cfg["max_epochs"] == 2
