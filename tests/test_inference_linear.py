@@ -33,6 +33,25 @@ def test_fp32_inference_layers_equal_nn_linear(layer):
         torch.testing.assert_close(layer(lin)(x), lin(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not packing_available(), reason="no oneDNN in this PyTorch build")
+def test_one_row_inputs_of_a_decoders_packed_layer_go_through_mkl(monkeypatch):
+    """prepare_for_translation's decoder layers: one row -> the [in, out] MKL copy, more rows -> oneDNN."""
+    import nmt.cpu.inference_linear as inference_linear
+    lin = nn.Linear(48, 96)
+    layer = PackedLinear(lin, one_row_mkl=True)
+    calls = []
+    real = inference_linear.onednn_linear
+    monkeypatch.setattr(inference_linear, "onednn_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    for shape in [(1, 48), (1, 1, 48), (2, 48), (4, 1, 48)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(layer(x), lin(x), rtol=1e-5, atol=1e-5)
+    assert calls == [(2, 48), (4, 1, 48)]
+    model = nn.Module()
+    model.encoder, model.decoder = mlp(), mlp()
+    inference_linear.prepare_for_translation(model)
+    assert [m.one_row is not None for m in (model.decoder[0], model.decoder[2], model.encoder[0])] == [True, True, False]
+
+
 @pytest.mark.skipif(int8_engine() is None, reason="no quantized CPU engine in this PyTorch build")
 def test_int8_layer_is_within_quantization_error_and_swaps_every_linear():
     model = mlp()

@@ -10,7 +10,9 @@ model, in place, for the fastest kernel the device has:
 - :class:`PackedLinear` (CPU with oneDNN, the default): the fp32 weight re-laid-out once for
   oneDNN (``torch.ops.mkldnn._reorder_linear_weight``, the path ``torch.compile`` uses on CPU),
   multiplied by ``torch.ops.mkldnn._linear_pointwise``. Same math as ``F.linear``, another
-  summation order (differences ~1e-6 relative);
+  summation order (differences ~1e-6 relative). In the decoder (:func:`prepare_for_translation`)
+  it also keeps the weight [in, out] for inputs of ONE row (a greedy step of one sentence), which
+  MKL multiplies faster than oneDNN's packed kernel (docs/speed.md), at the cost of a second copy;
 - :class:`TransposedLinear` (CPU without oneDNN): the weight stored [in, out], faster than MKL's
   [out, in] for the few rows of a decoding step;
 - :class:`Int8Linear` (``compute_type="int8"``, CPU): weights quantized to int8 per output channel
@@ -139,6 +141,8 @@ class PackedLinear(nn.Module):
 
     The packed weight is an opaque oneDNN tensor: it is kept as a plain attribute (``.to()`` and
     ``state_dict()`` do not see it), so prepare the model after moving it to its device.
+    ``one_row_mkl``: an input of one row goes through a :class:`TransposedLinear` copy instead (MKL
+    is faster than oneDNN's packed kernel at one row; docs/speed.md), other inputs as before.
 
     >>> lin = nn.Linear(4, 3)
     >>> x = torch.randn(2, 5, 4)
@@ -146,13 +150,16 @@ class PackedLinear(nn.Module):
     True
     """
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, one_row_mkl: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed_weight = pack_weight(linear.weight.detach().float().contiguous())     # [out, in], packed
         self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.one_row = TransposedLinear(linear) if one_row_mkl else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.one_row is not None and x.numel() == self.in_features:                 # [.., 1, in]
+            return self.one_row(x)
         return onednn_linear(x, self.packed_weight, self.bias)
 
 
@@ -240,9 +247,11 @@ class Int8Linear(nn.Module):
         return int8_linear(x, self.packed, self.reduce_range)
 
 
-def inference_layer(compute_type: str, device: torch.device) -> Callable[[nn.Linear], nn.Module] | None:
+def inference_layer(compute_type: str, device: torch.device,
+                    one_row_mkl: bool = False) -> Callable[[nn.Linear], nn.Module] | None:
     """What each ``nn.Linear`` becomes for ``compute_type`` on ``device`` (None: it stays), after the
-    private kernels' self-checks (a failing one falls back, with its warning line)."""
+    private kernels' self-checks (a failing one falls back, with its warning line). ``one_row_mkl``:
+    packed fp32 layers keep an MKL copy for one-row inputs (:class:`PackedLinear`)."""
     check_compute_type(compute_type, device)
     if compute_type == "bfloat16":
         packed = device.type == "cpu" and packing_available() and kernel_passes(ONEDNN_PACKED_BF16)
@@ -254,16 +263,19 @@ def inference_layer(compute_type: str, device: torch.device) -> Callable[[nn.Lin
                          f"quantized engine is {torch.backends.quantized.engine!r}; use float32")
     if compute_type == "int8" and kernel_passes(INT8_DYNAMIC):
         return Int8Linear
-    return PackedLinear if packing_available() and kernel_passes(ONEDNN_PACKED_FP32) else TransposedLinear
+    if packing_available() and kernel_passes(ONEDNN_PACKED_FP32):
+        return lambda linear: PackedLinear(linear, one_row_mkl)
+    return TransposedLinear
 
 
-def prepare_for_inference(model: nn.Module, compute_type: str = "float32") -> nn.Module:
+def prepare_for_inference(model: nn.Module, compute_type: str = "float32", one_row_mkl: bool = False) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` (in place) for the fastest inference kernel of
     ``compute_type`` on the device its weights are on; returns ``model`` in eval mode. No training
-    afterwards. ValueError for a compute type the device cannot run (:func:`check_compute_type`)."""
+    afterwards. ValueError for a compute type the device cannot run (:func:`check_compute_type`).
+    ``one_row_mkl``: see :class:`PackedLinear` (for layers that see one-row inputs: a decoder)."""
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    make = inference_layer(compute_type, device)
+    make = inference_layer(compute_type, device, one_row_mkl)
     if make is not None:
         for module in list(model.modules()):
             for name, child in module.named_children():
@@ -275,8 +287,7 @@ def prepare_for_inference(model: nn.Module, compute_type: str = "float32") -> nn
 def prepare_for_translation(model: nn.Module, compute_type: str = "float32") -> nn.Module:
     """A Seq2Seq (encoder + decoder) for translate.py. ``int8``: the decoder's layers in int8 (its
     steps are the decoding time; int8 BERT activations cost BLEU, docs/speed.md), every other Linear
-    fp32; ``bfloat16``: every Linear in bf16; ``float32``: as :func:`prepare_for_inference` gives it."""
-    if compute_type == "int8":
-        prepare_for_inference(model.decoder, "int8")
-        compute_type = "float32"                         # every Linear still left
-    return prepare_for_inference(model, compute_type)
+    fp32; ``bfloat16``: every Linear in bf16; ``float32``: as :func:`prepare_for_inference` gives it,
+    the decoder's packed layers with their one-row MKL copy (a greedy step of one sentence)."""
+    prepare_for_inference(model.decoder, compute_type, one_row_mkl=True)
+    return prepare_for_inference(model, "float32" if compute_type == "int8" else compute_type)
