@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.cpu.attention import scaled_dot_product_attention
 from nmt.errors import CheckpointError
 
 
@@ -160,7 +161,7 @@ class BertSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(H, dim=2)                                      # 3 x [B, S, H]
         q, k, v = (t.view(B, S, self.num_heads, H // self.num_heads).transpose(1, 2)
                    for t in (q, k, v))                                              # [B, nh, S, hd]
-        y = F.scaled_dot_product_attention(                                          # [B, nh, S, hd]
+        y = scaled_dot_product_attention(                                            # [B, nh, S, hd]
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, S, H)                                       # [B, S, H]
         return self.out(y)

@@ -21,8 +21,9 @@ query rows of one attention call, so beam reordering never copies them).
 
 For inspection, :meth:`TransformerDecoder.cross_attention_weights` runs a teacher-forced pass that
 also returns each layer's cross-attention probabilities (``need_weights=True`` down to
-:class:`CrossAttention`, which then computes them explicitly); every other path keeps
-``F.scaled_dot_product_attention``, which never forms them.
+:class:`CrossAttention`, which then computes them explicitly); every other path keeps scaled
+dot-product attention (nmt/cpu/attention.py: PyTorch's kernel, in fp32 under CPU autocast), which
+never forms them.
 
 A worked example (a tiny decoder; ``step`` reproduces the full forward pass):
 
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.cpu.attention import scaled_dot_product_attention
 from nmt.text.vocab import Vocab
 
 
@@ -183,8 +185,8 @@ class SelfAttention(nn.Module):
         """x [B,T,H]; key_mask [B,T] bool (True = real token) or None -> [B,T,H]."""
         q, k, v = self._heads(x)
         mask = None if key_mask is None else key_mask[:, None, None, :]           # [B,1,1,T]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                         dropout_p=self.dropout if self.training else 0.0)
         return self._merge(y)
 
     def step(self, x: Tensor, cache: dict) -> Tensor:
@@ -206,7 +208,7 @@ class SelfAttention(nn.Module):
             scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.head_dim ** -0.5)   # [N,h,1,t+1]
             y = torch.matmul(scores.softmax(-1), values)                                    # [N,h,1,d]
         else:
-            y = F.scaled_dot_product_attention(q, keys, values, dropout_p=self.dropout if self.training else 0.0)
+            y = scaled_dot_product_attention(q, keys, values, dropout_p=self.dropout if self.training else 0.0)
         return self._merge(y)
 
     @staticmethod
@@ -262,7 +264,7 @@ class CrossAttention(nn.Module):
         if need_weights:
             y, probs = self.explicit_attention(q, k, v, mask, dropout_p)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.view(B, h, G, T, d).permute(0, 2, 3, 1, 4).reshape(N, T, H)                  # [N,T,H]
         if not need_weights:
             return self.out(y)
