@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import nmt.cpu.attention as attention
 from nmt.cpu.attention import scaled_dot_product_attention
 from nmt.model.bert import BertConfig
 from nmt.model.seq2seq import ModelSpec, build_model
@@ -56,7 +55,7 @@ def test_every_attention_of_a_model_under_cpu_bfloat16_autocast_runs_in_float32(
         seen.append(q.dtype)
         return pytorchs(q, k, v, **kwargs)
 
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)   # what nmt.cpu.attention calls
     src = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 0]])
     prev = torch.tensor([[Vocab.BOS, 5, 6], [Vocab.BOS, 7, Vocab.PAD]])
     target = torch.tensor([[5, 6, Vocab.EOS], [7, Vocab.EOS, Vocab.PAD]])
