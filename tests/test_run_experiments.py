@@ -258,6 +258,8 @@ def test_control_and_converged_baselines(stanford, tmp_path):
     control = start("control")
     assert control["arch"] == "transformer-minilm-size" and control["lr"] == 5e-4 and control["warmup_epochs"] == 4.0 \
         and control["max_cpu_minutes"] > 0
+    # fp32 for every system, whatever the CPU: over the demo preset's --amp auto too (flags beat presets)
+    assert json.loads((out / "experiment.json").read_text())["given"]["amp"] == "off" and control["amp"] == "off"
     for name, arch in (("transformer-converged", "transformer-small"), ("control-converged", "transformer-minilm-size")):
         cfg = start(name)
         assert cfg["arch"] == arch and cfg["max_cpu_minutes"] is None and cfg["max_epochs"] == 2

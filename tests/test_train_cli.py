@@ -13,6 +13,7 @@ from conftest import SHARED_BERT_TF, require_path
 
 import train as train_cli
 import translate as translate_cli
+from nmt.cpu.inference_linear import cpu_has_bf16
 from nmt.weights.checkpoint import load_checkpoint
 
 SENTENCE = "Select the cells that you want to copy."
@@ -44,6 +45,9 @@ def test_demo_default_trains_offline_and_translates(tmp_path, capsys, monkeypatc
     assert "encoder:   22.57M (trainable 0, frozen 22,565,376)" in out        # the real MiniLM, frozen
     stage1 = load_checkpoint(run / "decoder" / "checkpoint_last.pt")
     assert stage1["stage"] == "decoder" and stage1["step"] == 2 and stage1["config"]["decoder_layers"] == 3
+    # the preset's --amp auto, resolved for this CPU, is what the checkpoint records
+    amp = "bfloat16" if cpu_has_bf16() else "off"
+    assert "amp=auto" in out and f"--amp auto: {amp}" in out and stage1["config"]["amp"] == amp
 
     # stage 2 starts from a stage-1 checkpoint (here the last one: two updates never reach a dev evaluation)
     init = run / "decoder" / "checkpoint_last.pt"

@@ -16,7 +16,7 @@ from nmt.data.binarized import SplitWriter, collate
 from nmt.errors import ConfigError, DivergedError
 from nmt.model.bert import BertConfig, BertEncoder
 from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
-from nmt.train.config import TrainConfig
+from nmt.train.config import TrainConfig, compose_config
 from nmt.train.trainer import setup
 from nmt.weights.checkpoint import load_checkpoint
 from nmt.weights.pretrained import NativeBert, save_native
@@ -495,6 +495,26 @@ def test_bfloat16_autocast_on_the_cpu_trains_with_fp32_master_weights(work, tmp_
     assert losses["bfloat16"][0] == pytest.approx(losses["off"][0], rel=0.02)      # same start, bf16 rounding
     assert losses["bfloat16"][-1] < 0.5 * losses["bfloat16"][0]                   # and it learns
     assert losses["bfloat16"][-1] == pytest.approx(losses["off"][-1], rel=0.25)    # about as fast as fp32
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_amp_auto_is_bfloat16_on_a_bf16_cpu_and_off_elsewhere(work, tmp_path, monkeypatch, has_bf16):
+    """The demo preset's --amp auto: resolved once at setup, printed, and recorded as what the run
+    trains with (checkpoints never say "auto"); never bf16 on a GPU, where it was slower."""
+    from nmt.train import assemble
+    monkeypatch.setattr(assemble, "cpu_has_bf16", lambda: has_bf16)
+    printed = []
+    trainer = setup(make_cfg(work, tmp_path, amp="auto"), print_fn=printed.append)
+    want = "bfloat16" if has_bf16 else "off"
+    assert trainer.cfg.amp == want and any(line.startswith(f"--amp auto: {want}") for line in printed)
+    assert assemble.resolve_amp("auto", torch.device("cuda")) == "off"
+    assert assemble.resolve_amp("off", torch.device("cpu")) == "off"
+
+
+def test_amp_auto_is_the_demo_presets_only():
+    assert compose_config({})[0].amp == "auto"                      # the demo (no --data)
+    assert compose_config({"data": "d"})[0].amp == "off"            # the paper's recipe: fp32
+    assert compose_config({"amp": "off"})[0].amp == "off"           # a flag over the preset
 
 
 def test_amp_the_device_cannot_run_is_refused(work, tmp_path, capsys, monkeypatch):

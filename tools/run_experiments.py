@@ -618,8 +618,10 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
     table4 = parse_list(args.table4_epochs, int, "--table4-epochs")
     demo = args.data is None
     # what every run shares, over the presets; the tables decode with --lenpen (the paper's 1.0), so no
-    # run chooses its own length penalty on the dev set (the demo preset's lenpen_grid) unless --set asks
-    given = {"lenpen_grid": "", **parse_set(args.set)}
+    # run chooses its own length penalty on the dev set (the demo preset's lenpen_grid) unless --set asks;
+    # and every run trains in fp32 unless --set amp=bfloat16 (not the demo preset's "auto"), so that a
+    # study continued on another kind of CPU keeps one arithmetic in its tables
+    given = {"lenpen_grid": "", "amp": "off", **parse_set(args.set)}
     stage_epochs = parse_max_epochs(args.max_epochs)
     if None in stage_epochs:
         given["max_epochs"] = stage_epochs.pop(None)

@@ -54,15 +54,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_amp(amp: str, device: torch.device) -> None:
-    """TrainingError for an --amp the device cannot run well: float16 needs CUDA; bfloat16 on the
-    CPU needs bf16 instructions (elsewhere PyTorch emulates bf16 products, several times slower)."""
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The autocast dtype a run trains with: ``amp`` itself, or for "auto" (the demo preset's)
+    bfloat16 on a CPU with bf16 instructions and off elsewhere (on a GPU the demo's small products
+    ran slower in bf16 than in fp32: docs/speed.md). TrainingError for an ``amp`` the device cannot
+    run well: float16 needs CUDA; bfloat16 on the CPU needs bf16 instructions (elsewhere PyTorch
+    emulates bf16 products, several times slower)."""
+    if amp == "auto":
+        return "bfloat16" if device.type == "cpu" and cpu_has_bf16() else "off"
     if amp == "float16" and device.type != "cuda":
         raise TrainingError(f"--amp float16 needs a CUDA device (this run is on {device}); use --amp bfloat16 or off")
     if amp == "bfloat16" and device.type == "cpu" and not cpu_has_bf16():
         raise TrainingError("--amp bfloat16: this CPU has no bfloat16 instructions (no avx512_bf16/amx_bf16 in "
                             "/proc/cpuinfo), so bf16 products would run several times slower than fp32; "
                             "use --amp off")
+    return amp
 
 
 def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:

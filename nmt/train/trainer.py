@@ -53,7 +53,7 @@ from nmt.decode.length_penalty import LengthPenaltyChoice, parse_grid
 from nmt.errors import DivergedError, TrainingError
 from nmt.files import atomic_copy, atomic_write, fault_point, remove_stale_temporaries
 from nmt.model.seq2seq import count_parameters, format_parameter_counts
-from nmt.train.assemble import Run, assemble_run, check_amp, resolve_device
+from nmt.train.assemble import Run, assemble_run, resolve_amp, resolve_device
 from nmt.train.config import TrainConfig, default_run_dir
 from nmt.train.distributed import DistContext, rank_seed, shard_batches, shard_pairs
 from nmt.train.encoder_cache import EncoderCache, plan_cache, remove_cache_file
@@ -87,7 +87,11 @@ def setup(cfg: TrainConfig, print_fn: Callable[[str], None] = print, master_proc
         print_fn = print_fn if master_process else (lambda *_: None)
     else:
         device = resolve_device(cfg.device)
-    check_amp(cfg.amp, device)
+    amp = resolve_amp(cfg.amp, device)
+    if cfg.amp == "auto" and master_process:
+        print_fn(f"--amp auto: {'bfloat16 autocast, this CPU has bf16 instructions' if amp == 'bfloat16' else 'off'}"
+                 f" (--amp off or bfloat16 to choose)")
+    cfg = dataclasses.replace(cfg, amp=amp)     # checkpoints record what the run trained with
     with dist.rank0_first() if dist is not None else contextlib.nullcontext():
         if master_process:                      # before any rank writes there: what a killed run left
             for path in remove_stale_temporaries(stage_dir(default_run_dir(cfg), cfg.stage)):
