@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nmt.data.binarized import split_text
+from nmt.metrics import paired_bootstrap
 from nmt.model.bert import BertConfig, BertEncoder
 from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
 from nmt.train.evaluation import checkpoint_perplexity
@@ -269,3 +271,19 @@ def test_control_and_converged_baselines(stanford, tmp_path):
                          "| Transformer (transformer-small, from scratch, converged)",
                          "| Transformer, BERT's shape (transformer-minilm-size, from scratch)",
                          "| Transformer, BERT's shape (transformer-minilm-size, from scratch, converged)"]
+    # the converged baseline gets a table of its own, its marks from the same bootstrap as the main one
+    text = (out / "results.md").read_text()
+    section = text.split("### Against the converged Transformer baseline")[1].split("\n\n")[1].splitlines()
+    assert [line.split(" | ")[0] for line in section[2:]] == \
+        ["| Transformer (transformer-small, from scratch, converged)",      # the reference, unmarked
+         "| Transformer, BERT's shape (transformer-minilm-size, from scratch)",
+         "| Transformer, BERT's shape (transformer-minilm-size, from scratch, converged)",
+         "| Decoder training (stage 1, BERT frozen)", "| + Fine-tuning (stage 2)"]
+    test = split_text(stanford["data"], "test")[1]
+
+    def hyps(name):
+        return (out / name / "test.hyp").read_text(encoding="utf-8").splitlines()
+    for line, name in zip(section[3:], ("control", "control-converged", "decoder", "finetune-lr8e-5")):
+        want = paired_bootstrap(hyps(name), hyps("transformer-converged"), test)
+        assert line.split(" | ")[3] == f"{want.bleu:.2f}" + (f" {want.mark}" if want.mark else ""), line
+    assert "compare with the converged Transformer baseline" in text

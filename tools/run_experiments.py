@@ -30,7 +30,9 @@ used for a choice): dev perplexity (nmt.train.evaluation.checkpoint_perplexity),
 split (and the dev set) from the original text files named in the data directory's meta.json, BLEU
 (sacrebleu 13a on the output as translate.py writes it, and tokenize "none": the paper-era
 tokenized BLEU on pre-tokenized references such as the Stanford IWSLT files), chrF, and paired
-bootstrap resampling against the Transformer baseline (1000 samples, p < 0.05: (+)/(−)).
+bootstrap resampling against the Transformer baseline (1000 samples, p < 0.05: (+)/(−)); once
+``transformer-converged`` has finished, a last table repeats the test against it (the paper's
+baselines are trained to convergence).
 
 Resumable: per-system results go to ``OUT/NAME/result.json``; a rerun with the same ``--out`` skips
 finished systems and continues unfinished training from its ``checkpoint_last.pt``. The tables go
@@ -416,13 +418,14 @@ class Experiment:
         return {s.name: json.loads(self.result_path(s).read_text(encoding="utf-8"))
                 for s in self.systems if self.result_path(s).is_file()}
 
-    def significance_marks(self, results: dict[str, dict], tests: list[str]) -> dict[tuple[str, str, str], str]:
+    def significance_marks(self, results: dict[str, dict], tests: list[str],
+                           baseline: str = "transformer") -> dict[tuple[str, str, str], str]:
         """(system, test split, "bleu" | "tok_bleu") -> "(+)", "(−)" or "": a paired bootstrap test of
-        every finished system against the Transformer baseline (none without a finished baseline)."""
+        every finished system against ``baseline`` (none without a finished baseline)."""
         from nmt.data.binarized import split_text
         from nmt.metrics import paired_bootstrap
         from nmt.text.lines import read_lines
-        if results.get("transformer", {}).get("status") != "ok":
+        if results.get(baseline, {}).get("status") != "ok":
             return {}
 
         def hyps(name: str, split: str) -> list[str]:
@@ -431,12 +434,12 @@ class Experiment:
         refs = {t: split_text(self.data, t)[1] for t in tests}
         marks: dict[tuple[str, str, str], str] = {}
         for name, r in results.items():
-            if name == "transformer" or r.get("status") != "ok":
+            if name == baseline or r.get("status") != "ok":
                 continue
             for t in tests:
                 for key, tok in (("bleu", "13a"), ("tok_bleu", "none")):
                     marks[name, t, key] = paired_bootstrap(
-                        hyps(name, t), hyps("transformer", t), refs[t], tokenize=tok,
+                        hyps(name, t), hyps(baseline, t), refs[t], tokenize=tok,
                         num_samples=self.args.bootstrap_samples, seed=self.args.bootstrap_seed).mark
         return marks
 
@@ -449,7 +452,7 @@ class Experiment:
         marks = self.significance_marks(results, tests)
         has_baseline = results.get("transformer", {}).get("status") == "ok"
 
-        def scores(r: dict | None, name: str) -> list[str]:
+        def scores(r: dict | None, name: str, marks: dict = marks) -> list[str]:
             if r is None:
                 return ["not run"] + [""] * (2 * len(tests))
             if r.get("status") != "ok":
@@ -474,9 +477,9 @@ class Experiment:
             return f"{cpu / 60:.1f}" if cpu is not None else ""
 
         score_head = [h for t in tests for h in (f"{names[t]} BLEU", f"{names[t]} tok. BLEU")]
-        lines = ["### Main results (the paper's Tables 3 and 5)", "",
-                 "| System | LR | dev PPL | " + " | ".join(score_head) + " | Epochs | CPU min |",
-                 "|---|---|---:|" + "---:|" * len(score_head) + "---:|---:|"]
+        main_head = ["| System | LR | dev PPL | " + " | ".join(score_head) + " | Epochs | CPU min |",
+                     "|---|---|---:|" + "---:|" * len(score_head) + "---:|---:|"]
+        lines = ["### Main results (the paper's Tables 3 and 5)", "", *main_head]
         for s in self.systems:
             if s.group == "table4":
                 continue
@@ -497,6 +500,16 @@ class Experiment:
         r = results.get(main.name)
         lines.append(f"| {conv} | " + " | ".join(scores(r, main.name)) + f" | {epochs(r)} |")
 
+        # the paper's baselines are trained to convergence: the same test against the converged one
+        converged = self.significance_marks(results, tests, baseline="transformer-converged")
+        if converged:
+            lines += ["", "### Against the converged Transformer baseline", "", *main_head]
+            for s in self.systems:
+                r = results.get(s.name)
+                if s.group != "table4" and r is not None and r.get("status") == "ok":
+                    lines.append(f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name, converged))
+                                 + f" | {epochs(r)} | {cpu_minutes(r)} |")
+
         notes = [f"- `{s.name}`: {results[s.name]['status']}: {results[s.name].get('reason', '')}"
                  for s in self.systems if results.get(s.name, {}).get("status") not in (None, "ok")]
         lines += ([""] + notes) if notes else []
@@ -508,6 +521,7 @@ class Experiment:
                   + (f"(+)/(−): significantly better/worse than the Transformer baseline (paired bootstrap, "
                      f"{self.args.bootstrap_samples} samples, p < 0.05)." if has_baseline
                      else "No significance marks: the Transformer baseline has not been run.")
+                  + (" In the last table, (+)/(−) compare with the converged Transformer baseline." if converged else "")
                   + " Epochs: epochs trained (best epoch by dev loss). CPU min: process CPU time of the run's "
                     "training (encoder cache, updates, dev evaluation)"
                   + (f"; the baseline and the control were given the CPU time of "
