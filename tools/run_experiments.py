@@ -479,13 +479,14 @@ class Experiment:
         score_head = [h for t in tests for h in (f"{names[t]} BLEU", f"{names[t]} tok. BLEU")]
         main_head = ["| System | LR | dev PPL | " + " | ".join(score_head) + " | Epochs | CPU min |",
                      "|---|---|---:|" + "---:|" * len(score_head) + "---:|---:|"]
-        lines = ["### Main results (the paper's Tables 3 and 5)", "", *main_head]
-        for s in self.systems:
-            if s.group == "table4":
-                continue
+
+        def main_row(s: System, marks: dict = marks) -> str:
             r = results.get(s.name)
-            lines.append(f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r)} | "
-                         f"{cpu_minutes(r)} |")
+            return (f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name, marks)) + f" | {epochs(r)} | "
+                    f"{cpu_minutes(r)} |")
+
+        lines = ["### Main results (the paper's Tables 3 and 5)", "", *main_head]
+        lines += [main_row(s) for s in self.systems if s.group != "table4"]
 
         main = next(s for s in self.systems if s.group == "finetune")
         stage1 = results.get(STAGE1, {}).get("train") or self._stage1_record()
@@ -504,11 +505,8 @@ class Experiment:
         converged = self.significance_marks(results, tests, baseline="transformer-converged")
         if converged:
             lines += ["", "### Against the converged Transformer baseline", "", *main_head]
-            for s in self.systems:
-                r = results.get(s.name)
-                if s.group != "table4" and r is not None and r.get("status") == "ok":
-                    lines.append(f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name, converged))
-                                 + f" | {epochs(r)} | {cpu_minutes(r)} |")
+            lines += [main_row(s, converged) for s in self.systems
+                      if s.group != "table4" and results.get(s.name, {}).get("status") == "ok"]
 
         notes = [f"- `{s.name}`: {results[s.name]['status']}: {results[s.name].get('reason', '')}"
                  for s in self.systems if results.get(s.name, {}).get("status") not in (None, "ok")]
