@@ -262,10 +262,16 @@ def test_control_and_converged_baselines(stanford, tmp_path):
         and control["max_cpu_minutes"] > 0
     # fp32 for every system, whatever the CPU: over the demo preset's --amp auto too (flags beat presets)
     assert json.loads((out / "experiment.json").read_text())["given"]["amp"] == "off" and control["amp"] == "off"
-    for name, arch in (("transformer-converged", "transformer-small"), ("control-converged", "transformer-minilm-size")):
-        cfg = start(name)
-        assert cfg["arch"] == arch and cfg["max_cpu_minutes"] is None and cfg["max_epochs"] == 2
+    # no matched Transformer here: its converged twin trains from scratch without a cap; the control's
+    # converged twin continues the control's run (the start record is the control's, with its cap)
+    cfg = start("transformer-converged")
+    assert cfg["arch"] == "transformer-small" and cfg["max_cpu_minutes"] is None and cfg["max_epochs"] == 2
+    assert start("control-converged") == {**control, "run_dir": str(out / "control")}
+    for name in ("transformer-converged", "control-converged"):
         assert json.loads((out / name / "result.json").read_text())["status"] == "ok"
+    log = (out / "experiment.log").read_text()
+    assert "== transformer-converged: from scratch (transformer, the same run with a CPU cap, has not finished" in log
+    assert "== control-converged: continuing control's run after its epoch" in log
     rows = [line.split(" | ")[0] for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
     assert rows[1:5] == ["| Transformer (transformer-small, from scratch)",
                          "| Transformer (transformer-small, from scratch, converged)",
@@ -287,3 +293,31 @@ def test_control_and_converged_baselines(stanford, tmp_path):
         want = paired_bootstrap(hyps(name), hyps("transformer-converged"), test)
         assert line.split(" | ")[3] == f"{want.bleu:.2f}" + (f" {want.mark}" if want.mark else ""), line
     assert "compare with the converged Transformer baseline" in text
+
+
+def test_a_converged_run_continues_its_matched_twin_exactly(stanford, tmp_path, monkeypatch):
+    """control-converged after control (capped after its first epoch) = control-converged from
+    scratch, epoch by epoch and token by token; its CPU time includes the control's."""
+    monkeypatch.setattr(run_experiments.Experiment, "matched_budget", lambda self: 1e-3)   # stop after epoch 1
+    common = ["--baseline-arch", "transformer-small", "--control-arch", "transformer-small", "--baseline-budget",
+              "matched", "--max-epochs", "scratch=3", "--set", "max_sentences=40", "--no-dev-bleu"]
+    continued, scratch = tmp_path / "continued", tmp_path / "scratch"
+    assert _run(stanford, continued, "--systems", "control,control-converged", *common) == 0
+    assert _run(stanford, scratch, "--systems", "control-converged", *common) == 0
+    twin = json.loads((continued / "control" / "result.json").read_text())["train"]
+    assert twin["stop"] == "cpu_budget" and twin["epochs"] == 1
+    assert "== control-converged: continuing control's run after its epoch 1" in (continued / "experiment.log").read_text()
+    assert "from scratch (control, the same run with a CPU cap, has not finished" in (scratch / "experiment.log").read_text()
+
+    def epochs(out):
+        return [r for r in run_experiments.metrics_records(out / "control-converged" / "scratch") if r["event"] == "epoch"]
+    a, b = epochs(continued), epochs(scratch)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["train"] == y["train"] and x["dev"] == y["dev"], (x, y)
+    twin_epoch = [r for r in run_experiments.metrics_records(continued / "control" / "scratch") if r["event"] == "epoch"]
+    assert a[0]["cpu_seconds"] == twin_epoch[0]["cpu_seconds"]          # the twin's epoch, counted once
+    for name in ("test.hyp", "valid.hyp"):
+        if (scratch / "control-converged" / name).is_file():
+            assert (continued / "control-converged" / name).read_bytes() == (scratch / "control-converged" / name).read_bytes()
+    assert (continued / "control-converged" / "test.hyp").is_file()

@@ -15,7 +15,11 @@ Systems (Tables 3 and 5 of the paper), each trained in its own run directory ``O
   the baseline's source BPE (like the paper's baselines; a fresh 30K-row WordPiece table would
   leave most rows rare on a small corpus) and with the baseline's budget;
 - ``transformer-converged``, ``control-converged`` (when the baseline's budget is ``matched``): the
-  same two trained until the dev loss stops improving (the recipe's patience, no CPU cap);
+  same two trained until the dev loss stops improving (the recipe's patience, no CPU cap). A
+  converged run is its matched twin's run without the cap (same config, seed and schedule; the cap
+  is checked between epochs), so when the twin has finished it continues from the twin's last
+  checkpoint instead of repeating those epochs (its CPU minutes include the twin's); they train
+  after the twins for that;
 - ``direct``: BERT + a new decoder trained end to end from the start (``--stage direct``);
 - ``decoder``: stage 1, BERT frozen, decoder trained (``--stage decoder``);
 - ``finetune-lrX``: stage 2 from the stage-1 best checkpoint, one run per ``--finetune-lrs``
@@ -53,7 +57,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nmt.errors import DivergedError, NmtError, error_line
-from nmt.files import DEMO_PAIRS, atomic_write, demo_name, experiment_dir
+from nmt.files import DEMO_PAIRS, atomic_copy, atomic_write, demo_name, experiment_dir
 from nmt.model.seq2seq import ARCHS
 from nmt.train.config import (
     TrainConfig,
@@ -343,6 +347,45 @@ class Experiment:
                                   f"logged no CPU time (their metrics.jsonl say 0 s); pass --baseline-budget epochs")
         return total
 
+    def continue_matched_twin(self, system: System, cfg: TrainConfig) -> None:
+        """Start a converged run where its compute-matched twin (``control`` for ``control-converged``)
+        stopped: the twin is the same run with a CPU cap checked between epochs, so its last
+        checkpoint is the state the converged run reaches after the same epochs (resuming is exact:
+        tests/test_trainer.py). Copies the twin's checkpoints, metrics (without its length-penalty
+        record: the converged run chooses again at its own end) and wall seconds; done only when
+        the twin finished and its logged config equals ``cfg`` up to the cap and run directory."""
+        if system.group != "converged":
+            return
+        twin = next((s for s in self.systems if s.name == system.name.removesuffix("-converged")
+                     and s.budget == "matched"), None)
+        target = self.run_dir(system.name) / cfg.stage
+        if twin is None or (target / "checkpoint_last.pt").is_file() or (target / "train.json").is_file():
+            return
+        source = self.run_dir(twin.name) / cfg.stage
+        record = json.loads((source / "train.json").read_text(encoding="utf-8")) if (source / "train.json").is_file() \
+            else {}
+        if record.get("stop") not in ("cpu_budget", "converged", "max_epochs") \
+                or not (source / "checkpoint_last.pt").is_file():
+            self.log(f"== {system.name}: from scratch ({twin.name}, the same run with a CPU cap, has not finished; "
+                     f"run it first and this run continues from it)")
+            return
+        logged = next((r["config"] for r in metrics_records(source) if r.get("event") == "start"), {})
+        mine = cfg.to_dict()
+        differ = sorted(k for k in set(logged) | set(mine)
+                        if k not in ("max_cpu_minutes", "run_dir", "resume") and logged.get(k) != mine.get(k))
+        if differ:
+            self.log(f"== {system.name}: from scratch ({twin.name} was trained with another config: "
+                     f"{', '.join(differ)})")
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.glob("checkpoint_*.pt")) + [source / "seconds.txt"]:
+            if path.is_file():
+                atomic_copy(path, target / path.name)
+        with atomic_write(target / "metrics.jsonl", "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in metrics_records(source) if r.get("event") != "lenpen"))
+        self.log(f"== {system.name}: continuing {twin.name}'s run after its epoch {record.get('epochs')} "
+                 f"({(record.get('cpu_seconds') or 0) / 60:.1f} CPU min, counted in this run's), without the CPU cap")
+
     def result_path(self, system: System) -> Path:
         return self.run_dir(system.name) / "result.json"
 
@@ -375,6 +418,7 @@ class Experiment:
                 return self._write(path, result)
             result["init"] = str(init.relative_to(self.out) if init.is_relative_to(self.out) else init)
         run_dir = self.run_dir(system.name)
+        self.continue_matched_twin(system, cfg)
         record = train(cfg, run_dir, self.log)
         result["train"] = record
         if record["stop"] == "diverged":
@@ -404,7 +448,8 @@ class Experiment:
     def run(self) -> str:
         t0 = time.time()
         order = list(self.selected)
-        order.sort(key=lambda s: s.budget == "matched")   # their budget is known only after the others
+        # a matched budget is known only after the BERT systems; a converged run continues its matched twin
+        order.sort(key=lambda s: 2 if s.group == "converged" else int(s.budget == "matched"))
         for system in order:
             self.run_system(system)
         table = self.tables()
