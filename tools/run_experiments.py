@@ -378,11 +378,13 @@ class Experiment:
                      f"{', '.join(differ)})")
             return
         target.mkdir(parents=True, exist_ok=True)
-        for path in sorted(source.glob("checkpoint_*.pt")) + [source / "seconds.txt"]:
-            if path.is_file():
-                atomic_copy(path, target / path.name)
         with atomic_write(target / "metrics.jsonl", "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in metrics_records(source) if r.get("event") != "lenpen"))
+        last = source / "checkpoint_last.pt"        # copied last: once it is there, the run resumes from it
+        others = [c for c in sorted(source.glob("checkpoint_*.pt")) if c != last]
+        for path in others + [source / "seconds.txt", last]:
+            if path.is_file():
+                atomic_copy(path, target / path.name)
         self.log(f"== {system.name}: continuing {twin.name}'s run after its epoch {record.get('epochs')} "
                  f"({(record.get('cpu_seconds') or 0) / 60:.1f} CPU min, counted in this run's), without the CPU cap")
 
