@@ -223,7 +223,7 @@ def test_evaluate_cli_prints_checkpoint_perplexity(stanford, tmp_path, capsys):
     assert "no split 'test9'" in capsys.readouterr().err
 
 
-def test_matched_baseline_trains_last_with_the_cpu_time_of_stage_1_and_2(stanford, tmp_path):
+def test_matched_baseline_trains_last_with_the_cpu_time_of_stage_1_and_2(stanford, tmp_path, capsys):
     """--baseline-budget matched: the small baseline runs after stage 1 and the main fine-tuning run,
     with --max-cpu-minutes = their CPU time, and the table says so."""
     out = tmp_path / "exp"
@@ -245,6 +245,11 @@ def test_matched_baseline_trains_last_with_the_cpu_time_of_stage_1_and_2(stanfor
     table = (out / "results.md").read_text(encoding="utf-8")
     assert "the baseline and the control were given the CPU time of decoder + finetune-lr8e-5" in table
     assert "| Transformer (transformer-small, from scratch) | 1e-3 |" in table
+    # a budget system still training (in another process: no train.json yet) is no budget
+    (out / "finetune-lr8e-5" / "finetune" / "train.json").unlink()
+    assert _run(stanford, out, "--systems", "control", "--baseline-arch", "transformer-small", "--baseline-budget",
+                "matched", "--max-epochs", "1,scratch=50", "--no-dev-bleu") == 2
+    assert "finetune has not finished training (no train.json)" in capsys.readouterr().err
 
 
 def test_control_and_converged_baselines(stanford, tmp_path):

@@ -336,6 +336,11 @@ class Experiment:
         --baseline-budget matched gives the Transformer baseline exactly that."""
         total = 0.0
         for s in self.budget_systems():
+            if not (self.run_dir(s.name) / s.stage / "train.json").is_file():   # e.g. still training elsewhere
+                raise ExperimentError(f"--baseline-budget matched: {self.run_dir(s.name) / s.stage} has not finished "
+                                      f"training (no train.json); run the systems "
+                                      f"{', '.join(x.name for x in self.budget_systems())} to the end first (they "
+                                      f"run before the baseline when selected) or pass --baseline-budget epochs")
             epochs = [r for r in metrics_records(self.run_dir(s.name) / s.stage) if r.get("event") == "epoch"]
             if not epochs or "cpu_seconds" not in epochs[-1]:
                 raise ExperimentError(f"--baseline-budget matched: {self.run_dir(s.name) / s.stage}/metrics.jsonl has no "
