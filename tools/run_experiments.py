@@ -374,7 +374,8 @@ class Experiment:
             self.log(f"== {system.name}: from scratch ({twin.name}, the same run with a CPU cap, has not finished; "
                      f"run it first and this run continues from it)")
             return
-        logged = next((r["config"] for r in metrics_records(source) if r.get("event") == "start"), {})
+        records = metrics_records(source)
+        logged = next((r["config"] for r in records if r.get("event") == "start"), {})
         mine = cfg.to_dict()
         differ = sorted(k for k in set(logged) | set(mine)
                         if k not in ("max_cpu_minutes", "run_dir", "resume") and logged.get(k) != mine.get(k))
@@ -384,7 +385,7 @@ class Experiment:
             return
         target.mkdir(parents=True, exist_ok=True)
         with atomic_write(target / "metrics.jsonl", "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in metrics_records(source) if r.get("event") != "lenpen"))
+            f.write("".join(json.dumps(r) + "\n" for r in records if r.get("event") != "lenpen"))
         last = source / "checkpoint_last.pt"        # copied last: once it is there, the run resumes from it
         others = [c for c in sorted(source.glob("checkpoint_*.pt")) if c != last]
         for path in others + [source / "seconds.txt", last]:
