@@ -32,3 +32,32 @@ def test_readme_is_short_and_keeps_its_two_commands():
     commands = [line for line in quick.splitlines() if line.startswith(("python3 -m venv", ". .venv/bin/activate"))]
     assert len(commands) == 2 and "pip install -e ." in commands[0] and "python -m pytest" in commands[1]
     assert "python -m pytest" in (REPO / ".ci" / "run").read_text()       # CI runs the README's test command
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in ``markdown``, as lists of stripped cells."""
+    lines = markdown[markdown.index("\n|") + 1:].splitlines()
+    rows = []
+    for line in lines[2:]:                                                # after the header and its rule
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_readme_results_are_the_studies_tables():
+    """One home per number: the README's demo table repeats the first table of each direction's
+    results document (epochs, CPU minutes, test BLEU with its mark), row by row in Table 3 order."""
+    readme = table_rows(README.split("## Results on the demo", 1)[1])
+    assert len(readme) == 9
+    for first_cell, pair in ((2, "en-vi"), (5, "en-de")):
+        doc = table_rows((REPO / "docs" / f"results-demo-{pair}.md").read_text(encoding="utf-8"))
+        assert len(doc) == len(readme), pair
+        for ours, theirs in zip(readme, doc):
+            assert ours[1] == theirs[1], (pair, ours, theirs)           # the LR
+            dev_ppl, bleu, epochs, minutes = theirs[2], theirs[3], theirs[5], theirs[6]
+            if dev_ppl in ("running", "queued"):                          # a run still under way
+                assert ours[first_cell:first_cell + 3] == [dev_ppl, "", ""], (pair, ours)
+                continue
+            epochs = epochs.split(" (best")[0]                            # "84 (best 74)" -> "84"
+            assert ours[first_cell:first_cell + 3] == [epochs, minutes, bleu], (pair, ours, theirs)
