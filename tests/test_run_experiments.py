@@ -127,6 +127,23 @@ def test_bert_systems_end_to_end_then_rerun_skips_them(stanford, tmp_path, capsy
     assert capsys.readouterr().out.count(": done (results in") == 8
     assert (out / "results.md").read_text(encoding="utf-8") == table
 
+    # a run without a result (still training, or killed) shows where it stands, from its metrics.jsonl
+    (out / "direct" / "result.json").unlink()
+    args = run_experiments.build_parser().parse_args(
+        ["--data", str(stanford["data"]), "--bert", str(stanford["bert"]), "--out", str(out), *TINY,
+         "--systems", "direct", "--finetune-lrs", "8e-5,4e-4,2e-5", "--table4-epochs", "0,1,3"])
+    unfinished = run_experiments.make_experiment(args, print_fn=lambda *a: None).tables()
+    records = [json.loads(x) for x in (out / "direct" / "direct" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in records if x.get("event") == "epoch"]
+    best = min(x["dev"]["ppl"] for x in epochs)
+    finished = next(x for x in table.splitlines() if x.startswith("| Direct fine-tuning"))
+    row = next(x for x in unfinished.splitlines() if x.startswith("| Direct fine-tuning"))
+    assert row == (" | ".join(finished.split(" | ")[:2]) + f" | unfinished (best so far {best:.2f}) |  |  | "
+                   f"2 so far | {epochs[-1]['cpu_seconds'] / 60:.1f} |")
+    assert "unfinished: a run without a result yet" in unfinished
+    assert [x for x in unfinished.splitlines() if x.startswith("| + Fine-tuning")] == \
+        [x for x in table.splitlines() if x.startswith("| + Fine-tuning")]
+
 
 @pytest.mark.slow
 def test_baseline_is_prepared_and_marks_significance(stanford, tmp_path):

@@ -40,7 +40,8 @@ baselines are trained to convergence).
 
 Resumable: per-system results go to ``OUT/NAME/result.json``; a rerun with the same ``--out`` skips
 finished systems and continues unfinished training from its ``checkpoint_last.pt``. The tables go
-to ``OUT/results.md`` and stdout. Bad input: ``error: ...`` and exit status 2; Ctrl-C saves the
+to ``OUT/results.md`` and stdout (a run without a result yet shows as "unfinished", with its
+best dev PPL, epochs and CPU minutes so far). Bad input: ``error: ...`` and exit status 2; Ctrl-C saves the
 current run (exit status 130; run the same command again to continue).
 """
 from __future__ import annotations
@@ -503,11 +504,15 @@ class Experiment:
         tests = test_splits(self.data)
         names = {t: split_text(self.data, t)[2] for t in tests}
         marks = self.significance_marks(results, tests)
+        unfinished = {s.name: run for s in self.systems if s.name not in results
+                      and (run := self.unfinished_run(s)) is not None}    # still training, or interrupted
         has_baseline = results.get("transformer", {}).get("status") == "ok"
 
         def scores(r: dict | None, name: str, marks: dict = marks) -> list[str]:
             if r is None:
-                return ["not run"] + [""] * (2 * len(tests))
+                run = unfinished.get(name)
+                status = f"unfinished (best so far {run['best_ppl']:.2f})" if run else "not run"
+                return [status] + [""] * (2 * len(tests))
             if r.get("status") != "ok":
                 status = {"same": "= until convergence"}.get(r.get("status"), r.get("status", "?"))
                 return [status] + ["–"] * (2 * len(tests))
@@ -518,15 +523,17 @@ class Experiment:
                     cells.append(f"{r['splits'][t][key]:.2f}{(' ' + mark) if mark else ''}")
             return cells
 
-        def epochs(r: dict | None) -> str:
+        def epochs(r: dict | None, name: str = "") -> str:
+            if r is None and name in unfinished:
+                return f"{unfinished[name]['epoch']} so far"
             if r is None or "train" not in r:
                 return ""
             t = r["train"]
             best = f" (best {t['best_epoch']})" if t.get("best_epoch") not in (None, t.get("epochs")) else ""
             return f"{t.get('epochs')}{best}"
 
-        def cpu_minutes(r: dict | None) -> str:
-            cpu = (r or {}).get("train", {}).get("cpu_seconds")
+        def cpu_minutes(r: dict | None, name: str = "") -> str:
+            cpu = (r or {}).get("train", {}).get("cpu_seconds") if r else unfinished.get(name, {}).get("cpu_seconds")
             return f"{cpu / 60:.1f}" if cpu is not None else ""
 
         score_head = [h for t in tests for h in (f"{names[t]} BLEU", f"{names[t]} tok. BLEU")]
@@ -535,8 +542,8 @@ class Experiment:
 
         def main_row(s: System, marks: dict = marks) -> str:
             r = results.get(s.name)
-            return (f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name, marks)) + f" | {epochs(r)} | "
-                    f"{cpu_minutes(r)} |")
+            return (f"| {s.label} | {lr_name(s.lr)} | " + " | ".join(scores(r, s.name, marks)) + f" | {epochs(r, s.name)} | "
+                    f"{cpu_minutes(r, s.name)} |")
 
         lines = ["### Main results (the paper's Tables 3 and 5)", "", *main_head]
         lines += [main_row(s) for s in self.systems if s.group != "table4"]
@@ -573,6 +580,8 @@ class Experiment:
                      f"{self.args.bootstrap_samples} samples, p < 0.05)." if has_baseline
                      else "No significance marks: the Transformer baseline has not been run.")
                   + (" In the last table, (+)/(−) compare with the converged Transformer baseline." if converged else "")
+                  + (" unfinished: a run without a result yet (still training, or interrupted): its best dev PPL, "
+                     "epochs and CPU minutes so far." if unfinished else "")
                   + " Epochs: epochs trained (best epoch by dev loss). CPU min: process CPU time of the run's "
                     "training (encoder cache, updates, dev evaluation)"
                   + (f"; the baseline and the control were given the CPU time of "
@@ -582,6 +591,25 @@ class Experiment:
             sig = any_ok["splits"][tests[0]]
             lines += [f"BLEU signature: `{sig['signature']}`; tok. BLEU: `{sig['tok_signature']}`"]
         return "\n".join(lines) + "\n"
+
+    def unfinished_run(self, system: System) -> dict | None:
+        """Where a run without a result stands (still training, or interrupted): its last epoch, CPU
+        seconds so far and best dev PPL so far, from its metrics.jsonl; None if it has no epoch yet."""
+        path = self.run_dir(system.name) / system.stage / "metrics.jsonl"
+        if not path.is_file():
+            return None
+        epochs = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:                              # a line cut short by a kill
+                continue
+            if record.get("event") == "epoch":
+                epochs.append(record)
+        if not epochs:
+            return None
+        return {"epoch": epochs[-1]["epoch"], "cpu_seconds": epochs[-1].get("cpu_seconds"),
+                "best_ppl": min(e["dev"]["ppl"] for e in epochs)}
 
     def _stage1_record(self) -> dict | None:
         path = self.run_dir(STAGE1) / "decoder" / "train.json"
