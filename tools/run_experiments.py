@@ -523,7 +523,7 @@ class Experiment:
                     cells.append(f"{r['splits'][t][key]:.2f}{(' ' + mark) if mark else ''}")
             return cells
 
-        def epochs(r: dict | None, name: str = "") -> str:
+        def epochs(r: dict | None, name: str) -> str:
             if r is None and name in unfinished:
                 return f"{unfinished[name]['epoch']} so far"
             if r is None or "train" not in r:
@@ -532,7 +532,7 @@ class Experiment:
             best = f" (best {t['best_epoch']})" if t.get("best_epoch") not in (None, t.get("epochs")) else ""
             return f"{t.get('epochs')}{best}"
 
-        def cpu_minutes(r: dict | None, name: str = "") -> str:
+        def cpu_minutes(r: dict | None, name: str) -> str:
             cpu = (r or {}).get("train", {}).get("cpu_seconds") if r else unfinished.get(name, {}).get("cpu_seconds")
             return f"{cpu / 60:.1f}" if cpu is not None else ""
 
@@ -557,9 +557,9 @@ class Experiment:
         for s in self.systems:
             if s.group == "table4":
                 r = results.get(s.name)
-                lines.append(f"| {s.label} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r)} |")
+                lines.append(f"| {s.label} | " + " | ".join(scores(r, s.name)) + f" | {epochs(r, s.name)} |")
         r = results.get(main.name)
-        lines.append(f"| {conv} | " + " | ".join(scores(r, main.name)) + f" | {epochs(r)} |")
+        lines.append(f"| {conv} | " + " | ".join(scores(r, main.name)) + f" | {epochs(r, main.name)} |")
 
         # the paper's baselines are trained to convergence: the same test against the converged one
         converged = self.significance_marks(results, tests, baseline="transformer-converged")
