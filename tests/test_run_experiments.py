@@ -239,6 +239,20 @@ def test_evaluate_cli_prints_checkpoint_perplexity(stanford, tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"]), "--split", "test9"]) == 2
     assert "no split 'test9'" in capsys.readouterr().err
 
+    # the dropout diagnostic: the first batch of the training split, dropout off and on (seeded masks)
+    off = checkpoint_perplexity(ckpt, stanford["data"], "train", max_batches=1)
+    on = checkpoint_perplexity(ckpt, stanford["data"], "train", max_batches=1, dropout=True)
+    full = checkpoint_perplexity(ckpt, stanford["data"], "train")
+    assert on["sentences"] == off["sentences"] < full["sentences"] and on["tokens"] == off["tokens"]
+    assert on["ppl"] != off["ppl"]
+    assert checkpoint_perplexity(ckpt, stanford["data"], "train", max_batches=1, dropout=True) == on
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"]), "--split", "train",
+                          "--max-batches", "1", "--dropout-on"]) == 0
+    assert capsys.readouterr().out.startswith(f"train (dropout on): loss {on['loss']:.4f} nll {on['nll']:.4f} "
+                                              f"ppl {on['ppl']:.2f} ")
+    assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"]), "--max-batches", "0"]) == 2
+    assert "--max-batches must be at least 1" in capsys.readouterr().err
+
 
 def test_matched_baseline_trains_last_with_the_cpu_time_of_stage_1_and_2(stanford, tmp_path, capsys):
     """--baseline-budget matched: the small baseline runs after stage 1 and the main fine-tuning run,

@@ -10,7 +10,9 @@ Default BLEU is detokenized, sacrebleu's 13a tokenizer. ``--tokenized`` scores a
 text as it is (``tokenize="none"``, like multi-bleu.perl): the number the paper's era reported on
 the Stanford pre-tokenized IWSLT references. The p-value definition is in ``nmt/metrics.py``.
 With ``--checkpoint`` and ``--data`` it prints the checkpoint's loss and perplexity on a prepared
-split instead (``--split``, default ``valid``: the dev set), computed as the trainer's dev evaluation.
+split instead (``--split``, default ``valid``: the dev set), computed as the trainer's dev evaluation
+(``--dropout-on`` and ``--max-batches N``: the same with dropout on, on the first N batches, to see
+whether a model depends on dropout's noise; docs/results-demo-en-de.md has a case).
 Files are UTF-8, one segment per line; a leading BOM is dropped. Bad input: ``error: ...`` on
 stderr and exit status 2.
 """
@@ -46,6 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="with --checkpoint: a prepared data directory")
     parser.add_argument("--split", default="valid", help="with --checkpoint: the split (default: valid, the dev set)")
     parser.add_argument("--device", default="cpu", help="with --checkpoint: cpu, cuda, ... (default: cpu)")
+    parser.add_argument("--max-batches", type=int, metavar="N",
+                        help="with --checkpoint: score only the split's first N batches (e.g. of --split train)")
+    parser.add_argument("--dropout-on", action="store_true",
+                        help="with --checkpoint: score with dropout on, as in training (a diagnostic: a model "
+                             "far better with dropout than without has learned to depend on its noise)")
     return parser.parse_args(argv)
 
 
@@ -60,9 +67,13 @@ def run_perplexity(args: argparse.Namespace, print_fn=print) -> None:
     from nmt.train.evaluation import checkpoint_perplexity
     if args.data is None:
         raise EvaluationError("--checkpoint needs --data: the prepared data directory to evaluate on")
-    result = checkpoint_perplexity(args.checkpoint, args.data, args.split, device=args.device)
-    print_fn(f"{args.split}: loss {result['loss']:.4f} nll {result['nll']:.4f} ppl {result['ppl']:.2f} "
-             f"({result['sentences']:,} sentences, {result['tokens']:,} target tokens; {args.checkpoint})")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise EvaluationError(f"--max-batches must be at least 1, got {args.max_batches}")
+    result = checkpoint_perplexity(args.checkpoint, args.data, args.split, device=args.device,
+                                   max_batches=args.max_batches, dropout=args.dropout_on)
+    print_fn(f"{args.split}{' (dropout on)' if args.dropout_on else ''}: loss {result['loss']:.4f} "
+             f"nll {result['nll']:.4f} ppl {result['ppl']:.2f} ({result['sentences']:,} sentences, "
+             f"{result['tokens']:,} target tokens; {args.checkpoint})")
 
 
 def run(args: argparse.Namespace, print_fn=print) -> None:

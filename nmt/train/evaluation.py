@@ -60,13 +60,19 @@ def sum_losses(data: ParallelData, batches, src_pad_id: int, device, loss_fn) ->
 
 
 def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: str = "valid", *,
-                          device: str = "cpu", max_sentences: int | None = None) -> dict:
+                          device: str = "cpu", max_sentences: int | None = None, max_batches: int | None = None,
+                          dropout: bool = False) -> dict:
     """Label-smoothed loss, NLL per token and perplexity of a checkpoint on a prepared split.
 
     The trainer's dev evaluation (nmt/train/trainer.py ``Trainer.evaluate``): dropout off, the same
     length-bucketed batches (seed 0) and the checkpoint's own label smoothing; perplexity is
     exp(NLL per target token, EOS included), so it equals the ``dev.ppl`` the trainer logged for
     that checkpoint. Returns {"loss", "nll", "ppl", "tokens", "sentences"}.
+
+    A diagnostic of a model whose dev loss rises while its training loss falls: ``dropout=True``
+    scores with dropout on, as in training (dropout masks from seed 0), and ``max_batches`` scores
+    only the first batches (a quick look at the training split): if the model does much better with
+    dropout than without, on the training data itself, it has learned to depend on dropout's noise.
     """
     data_dir, checkpoint = Path(data_dir), Path(checkpoint)
     splits = read_meta(data_dir).get("splits", {})
@@ -82,9 +88,11 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     epsilon = float(config.get("label_smoothing", 0.1))
     max_sentences = max_sentences or int(config.get("max_sentences", 500))
     model, _ = model_from_checkpoint(ckpt, checkpoint)
-    model.to(device).eval()
+    model.to(device).train(dropout)
+    if dropout:
+        torch.manual_seed(0)
     def loss_fn(batch):
         return model(batch.src_ids, batch.src_mask, batch.prev_tokens, target=batch.target, label_smoothing=epsilon)
 
-    batches = dev_batches(data, max_sentences, config.get("max_tokens"))
+    batches = dev_batches(data, max_sentences, config.get("max_tokens"))[:max_batches]
     return sum_losses(data, batches, source.pad_id, device, loss_fn).summary()
