@@ -245,7 +245,9 @@ def test_evaluate_cli_prints_checkpoint_perplexity(stanford, tmp_path, capsys):
     full = checkpoint_perplexity(ckpt, stanford["data"], "train")
     assert on["sentences"] == off["sentences"] < full["sentences"] and on["tokens"] == off["tokens"]
     assert on["ppl"] != off["ppl"]
+    rng = torch.get_rng_state()
     assert checkpoint_perplexity(ckpt, stanford["data"], "train", max_batches=1, dropout=True) == on
+    assert torch.equal(torch.get_rng_state(), rng)                     # the caller's RNG untouched
     assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(stanford["data"]), "--split", "train",
                           "--max-batches", "1", "--dropout-on"]) == 0
     assert capsys.readouterr().out.startswith(f"train (dropout on): loss {on['loss']:.4f} nll {on['nll']:.4f} "

@@ -41,8 +41,8 @@ baselines are trained to convergence).
 Resumable: per-system results go to ``OUT/NAME/result.json``; a rerun with the same ``--out`` skips
 finished systems and continues unfinished training from its ``checkpoint_last.pt``. The tables go
 to ``OUT/results.md`` and stdout (a run without a result yet shows as "unfinished", with its
-best dev PPL, epochs and CPU minutes so far). Bad input: ``error: ...`` and exit status 2; Ctrl-C saves the
-current run (exit status 130; run the same command again to continue).
+best dev PPL, epochs and CPU minutes so far). Bad input: ``error: ...`` and exit status 2; Ctrl-C
+saves the current run (exit status 130; run the same command again to continue).
 """
 from __future__ import annotations
 

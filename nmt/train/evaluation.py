@@ -87,12 +87,16 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     config = ckpt.get("config", {})
     epsilon = float(config.get("label_smoothing", 0.1))
     max_sentences = max_sentences or int(config.get("max_sentences", 500))
-    model, _ = model_from_checkpoint(ckpt, checkpoint)
-    model.to(device).train(dropout)
-    if dropout:
-        torch.manual_seed(0)
-    def loss_fn(batch):
-        return model(batch.src_ids, batch.src_mask, batch.prev_tokens, target=batch.target, label_smoothing=epsilon)
-
     batches = dev_batches(data, max_sentences, config.get("max_tokens"))[:max_batches]
-    return sum_losses(data, batches, source.pad_id, device, loss_fn).summary()
+    # the caller's RNG untouched (building the model draws its throw-away initial weights from it),
+    # and the same dropout masks on every call
+    with torch.random.fork_rng(devices=[] if torch.device(device).type != "cuda" else None):
+        model, _ = model_from_checkpoint(ckpt, checkpoint)
+        model.to(device).train(dropout)
+        torch.manual_seed(0)
+
+        def loss_fn(batch):
+            return model(batch.src_ids, batch.src_mask, batch.prev_tokens, target=batch.target,
+                         label_smoothing=epsilon)
+
+        return sum_losses(data, batches, source.pad_id, device, loss_fn).summary()
