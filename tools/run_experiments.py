@@ -201,10 +201,23 @@ def prepare_baseline_data(data_dir: Path, out: Path, print_fn) -> Path:
 # training
 
 def metrics_records(stage_out: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl ([] if none); a line cut short (by a kill, or being
+    written right now) is skipped, as the trainer's resume drops it."""
     path = stage_out / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def epoch_records(stage_out: Path) -> list[dict]:
+    """The per-epoch records of a run's metrics.jsonl, in order."""
+    return [r for r in metrics_records(stage_out) if r.get("event") == "epoch"]
 
 
 def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
@@ -234,7 +247,7 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         gc.collect()
     if record["stop"] == "interrupted":
         raise KeyboardInterrupt
-    epochs = [r for r in metrics_records(stage_out) if r.get("event") == "epoch"]
+    epochs = epoch_records(stage_out)
     improved = [r for r in epochs if r.get("improved")]
     record.update(seconds=round(before + time.time() - t0, 1), best_epoch=improved[-1]["epoch"] if improved else None,
                   cpu_seconds=epochs[-1].get("cpu_seconds") if epochs else None)
@@ -342,7 +355,7 @@ class Experiment:
                                       f"training (no train.json); run the systems "
                                       f"{', '.join(x.name for x in self.budget_systems())} to the end first (they "
                                       f"run before the baseline when selected) or pass --baseline-budget epochs")
-            epochs = [r for r in metrics_records(self.run_dir(s.name) / s.stage) if r.get("event") == "epoch"]
+            epochs = epoch_records(self.run_dir(s.name) / s.stage)
             if not epochs or "cpu_seconds" not in epochs[-1]:
                 raise ExperimentError(f"--baseline-budget matched: {self.run_dir(s.name) / s.stage}/metrics.jsonl has no "
                                       f"CPU time yet; run the systems {', '.join(x.name for x in self.budget_systems())} "
@@ -595,17 +608,7 @@ class Experiment:
     def unfinished_run(self, system: System) -> dict | None:
         """Where a run without a result stands (still training, or interrupted): its last epoch, CPU
         seconds so far and best dev PPL so far, from its metrics.jsonl; None if it has no epoch yet."""
-        path = self.run_dir(system.name) / system.stage / "metrics.jsonl"
-        if not path.is_file():
-            return None
-        epochs = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:                              # a line cut short by a kill
-                continue
-            if record.get("event") == "epoch":
-                epochs.append(record)
+        epochs = epoch_records(self.run_dir(system.name) / system.stage)
         if not epochs:
             return None
         return {"epoch": epochs[-1]["epoch"], "cpu_seconds": epochs[-1].get("cpu_seconds"),
