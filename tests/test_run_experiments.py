@@ -306,7 +306,8 @@ def test_control_and_converged_baselines(stanford, tmp_path):
     assert cfg["arch"] == "transformer-small" and cfg["max_cpu_minutes"] is None and cfg["max_epochs"] == 2
     assert start("control-converged") == {**control, "run_dir": str(out / "control")}
     for name in ("transformer-converged", "control-converged"):
-        assert json.loads((out / name / "result.json").read_text())["status"] == "ok"
+        result = json.loads((out / name / "result.json").read_text())
+        assert result["status"] == "ok" and result["train"]["stop"] == "max_epochs"     # 2 epochs: no early stop
     log = (out / "experiment.log").read_text()
     assert "== transformer-converged: from scratch (transformer, the same run with a CPU cap, has not finished" in log
     assert "== control-converged: continuing control's run after its epoch" in log
@@ -317,6 +318,13 @@ def test_control_and_converged_baselines(stanford, tmp_path):
                          "| Transformer, BERT's shape (transformer-minilm-size, from scratch, converged)"]
     # the converged baseline gets a table of its own, its marks from the same bootstrap as the main one
     text = (out / "results.md").read_text()
+    # a converged run that stopped at --max-epochs, not on its dev loss, says so; the capped control does not
+    epochs = {line.split(" | ")[0]: line.split(" | ")[-2] for line in text.split("\n\n### ")[0].splitlines()[2:]
+              if line.startswith("| ")}
+    capped = [cell for label, cell in epochs.items() if label.endswith("converged)")]
+    assert len(capped) == 2 and all(cell.startswith("2 (") and cell.endswith("epoch cap)") for cell in capped), epochs
+    assert not any("epoch cap" in cell for label, cell in epochs.items() if not label.endswith("converged)"))
+    assert '"epoch cap": --max-epochs came first' in text
     section = text.split("### Against the converged Transformer baseline")[1].split("\n\n")[1].splitlines()
     assert [line.split(" | ")[0] for line in section[2:]] == \
         ["| Transformer (transformer-small, from scratch, converged)",      # the reference, unmarked

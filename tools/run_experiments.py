@@ -15,7 +15,8 @@ Systems (Tables 3 and 5 of the paper), each trained in its own run directory ``O
   the baseline's source BPE (like the paper's baselines; a fresh 30K-row WordPiece table would
   leave most rows rare on a small corpus) and with the baseline's budget;
 - ``transformer-converged``, ``control-converged`` (when the baseline's budget is ``matched``): the
-  same two trained until the dev loss stops improving (the recipe's patience, no CPU cap). A
+  same two trained until the dev loss stops improving (the recipe's patience, no CPU cap; results.md
+  marks a run that reached ``--max-epochs`` first, default 100, with "epoch cap"). A
   converged run is its matched twin's run without the cap (same config, seed and schedule; the cap
   is checked between epochs), so when the twin has finished it continues from the twin's last
   checkpoint instead of repeating those epochs (its CPU minutes include the twin's); they train
@@ -520,6 +521,9 @@ class Experiment:
         unfinished = {s.name: run for s in self.systems if s.name not in results
                       and (run := self.unfinished_run(s)) is not None}    # still training, or interrupted
         has_baseline = results.get("transformer", {}).get("status") == "ok"
+        # a converged run is meant to stop on its dev loss; one that reached --max-epochs first says so
+        capped = {s.name for s in self.systems if s.group == "converged"
+                  and (results.get(s.name) or {}).get("train", {}).get("stop") == "max_epochs"}
 
         def scores(r: dict | None, name: str, marks: dict = marks) -> list[str]:
             if r is None:
@@ -542,8 +546,9 @@ class Experiment:
             if r is None or "train" not in r:
                 return ""
             t = r["train"]
-            best = f" (best {t['best_epoch']})" if t.get("best_epoch") not in (None, t.get("epochs")) else ""
-            return f"{t.get('epochs')}{best}"
+            notes = [f"best {t['best_epoch']}"] if t.get("best_epoch") not in (None, t.get("epochs")) else []
+            notes += ["epoch cap"] if name in capped else []
+            return f"{t.get('epochs')}" + (f" ({'; '.join(notes)})" if notes else "")
 
         def cpu_minutes(r: dict | None, name: str) -> str:
             cpu = (r or {}).get("train", {}).get("cpu_seconds") if r else unfinished.get(name, {}).get("cpu_seconds")
@@ -599,7 +604,8 @@ class Experiment:
                     "training (encoder cache, updates, dev evaluation)"
                   + (f"; the baseline and the control were given the CPU time of "
                      f"{' + '.join(s.name for s in self.budget_systems())}; the converged ones trained until the "
-                     f"dev loss stopped improving." if self.args.baseline_budget == "matched" else ".")]
+                     f"dev loss stopped improving" + (" (\"epoch cap\": --max-epochs came first)" if capped else "") + "."
+                     if self.args.baseline_budget == "matched" else ".")]
         if any_ok:
             sig = any_ok["splits"][tests[0]]
             lines += [f"BLEU signature: `{sig['signature']}`; tok. BLEU: `{sig['tok_signature']}`"]
