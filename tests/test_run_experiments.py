@@ -365,3 +365,27 @@ def test_a_converged_run_continues_its_matched_twin_exactly(stanford, tmp_path, 
     assert a[0]["cpu_seconds"] == twin_epoch[0]["cpu_seconds"]          # the twin's epoch, counted once
     hyps = [(out / "control-converged" / "test.hyp").read_bytes() for out in (continued, scratch)]
     assert hyps[0] == hyps[1] and hyps[0].strip()
+
+
+def test_train_only_ranks_a_recipe_on_the_dev_loss_without_decoding(stanford, tmp_path):
+    """--train-only (a recipe search): the run trains with the --set value, nothing is decoded or
+    scored (no result.json, no .hyp), and results.md gives its best dev PPL from metrics.jsonl."""
+    out = tmp_path / "grid-dropout0.1"
+    assert _run(stanford, out, "--systems", "control", "--control-arch", "transformer-minilm-size",
+                "--baseline-budget", "epochs", "--max-epochs", "scratch=2", "--set", "dropout=0.1",
+                "--train-only") == 0
+    records = [json.loads(line) for line in (out / "control" / "scratch" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["config"]["dropout"] == 0.1
+    assert not (out / "control" / "result.json").exists() and not list((out / "control").glob("*.hyp"))
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    best = min(r["dev"]["ppl"] for r in epochs)
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert f"| unfinished (best so far {best:.2f}) |" in table and "| 2 so far |" in table
+    # run again: the finished run is neither trained nor evaluated again
+    before = (out / "control" / "scratch" / "metrics.jsonl").read_bytes()
+    assert _run(stanford, out, "--systems", "control", "--control-arch", "transformer-minilm-size",
+                "--baseline-budget", "epochs", "--max-epochs", "scratch=2", "--set", "dropout=0.1",
+                "--train-only") == 0
+    assert (out / "control" / "scratch" / "metrics.jsonl").read_bytes() == before
+    assert not (out / "control" / "result.json").exists()

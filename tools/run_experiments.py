@@ -44,6 +44,10 @@ finished systems and continues unfinished training from its ``checkpoint_last.pt
 to ``OUT/results.md`` and stdout (a run without a result yet shows as "unfinished", with its
 best dev PPL, epochs and CPU minutes so far). Bad input: ``error: ...`` and exit status 2; Ctrl-C
 saves the current run (exit status 130; run the same command again to continue).
+
+A recipe search (e.g. the control's dropout, chosen on the dev set): ``--train-only`` with
+``--set FIELD=VALUE`` and one ``--out`` per setting trains without decoding anything, so no test
+set is looked at; each results.md then gives the run's best dev PPL.
 """
 from __future__ import annotations
 
@@ -443,6 +447,10 @@ class Experiment:
         run_dir = self.run_dir(system.name)
         self.continue_matched_twin(system, cfg)
         record = train(cfg, run_dir, self.log)
+        if self.args.train_only:        # a recipe search: ranked on the dev loss, never decoded or scored
+            self.log(f"== {system.name}: trained ({record['stop']}, {record['epochs']} epochs); not evaluated "
+                     f"(--train-only)")
+            return {**result, "status": "trained", "train": record}
         result["train"] = record
         if record["stop"] == "diverged":
             result.update(status="diverged", reason=record["error"])
@@ -709,6 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when available; the default)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the selected systems and evaluate none (no decoding, no test set, no result.json): "
+                        "a recipe search ranked on the dev loss, which results.md shows per run as its best dev "
+                        "PPL so far (e.g. --systems control --set dropout=0.1 --baseline-budget epochs)")
     return p
 
 
