@@ -7,6 +7,7 @@
     python train.py --data checkpoints/data/iwslt15-en-vi --stage decoder     # prepared data
     python train.py --arch transformer-base --data DIR   # a baseline (stage "scratch")
     python train.py --resume                         # continue checkpoint_last.pt of that stage
+    python train.py --quick                          # every step of stage 1 on a demo slice, ~2 minutes
 
 Run directory (default ``checkpoints/demo-<pair>`` or ``checkpoints/<data dir name>``): one
 subdirectory per stage with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
@@ -25,6 +26,9 @@ from typing import Sequence
 
 from nmt.errors import NmtError, error_line
 from nmt.train.config import (
+    QUICK_BPE_MERGES,
+    QUICK_PAIRS,
+    QUICK_PRESET,
     build_parser,
     compose_config,
     demo_bpe_merges,
@@ -32,12 +36,39 @@ from nmt.train.config import (
 )
 
 
+def quick_options(given: dict) -> dict:
+    """--quick: the demo slice prepared (checkpoints/data/quick-PAIR) and the quick preset under the
+    given flags, writing checkpoints/quick-PAIR. Stage 1 only: the point is to see each step run."""
+    from nmt.data.prepare import prepare_demo_slice
+    from nmt.files import DEMO_PAIRS, data_dir, run_dir
+    pair = given.get("pair", "en-de")
+    if pair not in DEMO_PAIRS or "data" in given or given.get("stage", "decoder") != "decoder" \
+            or given.get("arch", "bert") != "bert":
+        raise NmtError(f"--quick runs stage 1 of a demo pair ({', '.join(DEMO_PAIRS)}) on a slice of its corpus; "
+                       f"drop --data, --stage and --arch (got: "
+                       f"{', '.join(k for k in ('data', 'stage', 'arch') if k in given) or 'pair ' + pair})")
+    directory = data_dir(f"quick-{pair}")
+    prepare_demo_slice(directory, pair, QUICK_PAIRS, bert=given.get("bert"), bpe_merges=QUICK_BPE_MERGES)
+    return {**QUICK_PRESET, **given, "pair": pair, "data": str(directory),
+            "run_dir": given.get("run_dir") or str(run_dir(f"quick-{pair}"))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--quick", action="store_true",
+                        help="every step of stage 1 (preparation, training, the dev-set choice of the length "
+                             f"penalty) on the first {QUICK_PAIRS['train']:,} pairs of the demo corpus in about two "
+                             "minutes, into checkpoints/quick-PAIR: to see the pipeline run, not a useful model")
     args = parser.parse_args(argv)
     given = given_options(args)
-    demo = given.get("data") is None
-    cfg, preset = compose_config(given)
+    given.pop("quick")
+    demo = given.get("data") is None and not args.quick
+    try:
+        given = quick_options(given) if args.quick else given
+    except (NmtError, OSError) as e:
+        print(error_line(e), file=sys.stderr)
+        return 2
+    cfg, preset = compose_config(given, demo=True if args.quick else None)
     from nmt.train.distributed import launched_by_torchrun
     where = ""                     # "rank R: " in front of errors under torchrun (any rank may fail)
     if demo and os.environ.get("RANK", "0") == "0":
@@ -64,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if dist is not None:
             dist.destroy()
+    if args.quick and why != "interrupted":
+        print(f"quick run done: {cfg.run_dir} holds a model trained on {QUICK_PAIRS['train']:,} sentence pairs for "
+              f"{cfg.max_epochs} epochs: it shows each step of the pipeline, it does not translate well (README "
+              f"command 1 trains the demo model). Try: echo \"Select the cells.\" | python translate.py "
+              f"--checkpoint {cfg.run_dir}")
     return 130 if why == "interrupted" else 0
 
 

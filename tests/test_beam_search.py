@@ -8,7 +8,6 @@ import torch
 
 from nmt.cpu.inference_linear import prepare_for_inference
 from nmt.decode.beam_search import (
-    ScriptedModel,
     ban_repeated_ngrams,
     beam_search,
     greedy_search,
@@ -17,6 +16,7 @@ from nmt.decode.sampling import sample_search
 from nmt.errors import TranslateError
 from nmt.model.seq2seq import ModelSpec, build_model
 from nmt.text.vocab import Vocab
+from scripted_model import ScriptedModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
 
@@ -48,6 +48,17 @@ def full_logprob(model, src, mask, tokens):
     with torch.no_grad():
         lp = torch.log_softmax(model(src, mask, prev)[0].float(), -1)
     return lp.gather(1, target[:, None]).sum().item()
+
+
+def test_the_module_docstrings_worked_example():
+    # nmt/decode/beam_search.py: greedy commits to 4 (.6) and ends "4 6" (p .33); a beam of 2 finds
+    # "5 6" (p .36); scores are ln p over 3 tokens (EOS counted)
+    table = {(): {4: 0.6, 5: 0.4}, (4,): {6: 0.55, 7: 0.45}, (5,): {6: 0.9}}
+    model = ScriptedModel(table, vocab_size=8)
+    src, mask = torch.tensor([[9, 9]]), torch.tensor([[True, True]])
+    assert greedy_search(model, src, mask)[0][0].tokens == [4, 6]
+    best = beam_search(model, src, mask, beam_size=2, nbest=2)[0]
+    assert [(h.tokens, round(h.score, 4)) for h in best] == [([5, 6], -0.3406), ([4, 6], -0.3696)]
 
 
 def test_beam_one_equals_greedy():
@@ -322,6 +333,14 @@ def test_sample_frequencies_match_the_filtered_table(options, expected):
     assert set(counts) <= set(expected)                                      # nothing outside the kept set
     chi2 = sum((counts.get(t, 0) - n * p) ** 2 / (n * p) for t, p in expected.items())
     assert chi2 < CHI2_999[len(expected) - 1], (counts, expected)
+
+
+def test_the_sampling_modules_example():
+    # nmt/decode/sampling.py: top-k 1 always draws the most probable token
+    model = ScriptedModel({(): {4: 0.6, 5: 0.4}, (4,): {6: 0.9}, (5,): {6: 0.9}}, vocab_size=8)
+    src, mask = torch.tensor([[9, 9]]), torch.tensor([[True, True]])
+    hyps = sample_search(model, src, mask, num_samples=3, sampling_topk=1, generator=torch.Generator())[0]
+    assert [h.tokens for h in hyps] == [[4, 6], [4, 6], [4, 6]]
 
 
 def test_top_p_keeps_only_a_token_that_reaches_p_alone():

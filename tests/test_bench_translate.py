@@ -1,12 +1,10 @@
-"""tools/bench_translate.py --json: one row per system, compute type and setting (nmt alone, tiny run)."""
+"""tools/maintainers/bench_translate.py --json: one row per system, compute type and setting (nmt alone,
+tiny run)."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import bench_translate  # noqa: E402
+from tools.maintainers import bench_translate
 
 
 def test_json_rows_for_fp32_and_int8(tmp_path, capsys):

@@ -15,6 +15,7 @@ from nmt.text.bpe import (
     BPE,
     learn_bpe,
     learn_bpe_from_counts,
+    plain_learn_bpe,
     read_codes,
     remove_bpe,
     write_codes,
@@ -61,7 +62,7 @@ def iwslt_lines():
 def demo_lines(pattern="**/*.gz"):
     paths = sorted(DEMO.glob(pattern))
     if not paths:
-        pytest.skip("data/demo/*.gz is absent (built by tools/build_demo_corpus.py)")
+        pytest.skip("data/demo/*.gz is absent (built by tools/maintainers/build_demo_corpus.py)")
     lines = []
     for path in paths:
         with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -146,6 +147,28 @@ def test_learn_small_cases():
         learn_bpe(["ab ab"], 10, min_frequency=0)
     with pytest.raises(BPEError, match="merges"):
         learn_bpe(["ab ab"], -1)
+
+
+@pytest.mark.parametrize("pattern,num_lines,num_merges", [("en-vi/train.vi.gz", 2000, 300),
+                                                          ("en-de/train.en.gz", 600, 150)])
+def test_plain_twin_learns_the_same_merges(pattern, num_lines, num_merges):
+    """plain_learn_bpe (a full recount per merge) equals the fast learner on real text: the first
+    lines of a demo corpus side (a few seconds: the plain twin is slow by design)."""
+    lines = demo_lines(pattern)[:num_lines]
+    fast = learn_bpe(lines, num_merges)
+    assert len(fast) == num_merges
+    assert plain_learn_bpe(lines, num_merges) == fast
+
+
+def test_plain_twin_small_cases_and_golden_input():
+    """Stops like the fast learner (no pairs, min_frequency); the golden input's tie-breaks and
+    'aaaa' overlaps give the same 60 merges."""
+    for lines, num_merges, min_frequency in [([], 10, 2), (["a b c"], 10, 2), (["ab ab"], 0, 2),
+                                             (["ab ab"], 10, 2), (["ab"], 10, 2), (["ab"], 10, 1),
+                                             (["aaaa aaaa aaa", "aa a aaaaa"], 10, 1)]:
+        assert plain_learn_bpe(lines, num_merges, min_frequency) == learn_bpe(lines, num_merges, min_frequency)
+    lines = (DATA / "bpe_golden_input.txt").read_text(encoding="utf-8").split("\n")
+    assert plain_learn_bpe(lines, 60) == learn_bpe(lines, 60) == read_codes(DATA / "bpe_golden.codes")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tools.maintainers import build_demo_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -19,9 +20,6 @@ DIRECTIONS = {"en-de": "de", "en-vi": "vi"}
 SPLITS = ("train", "dev", "test")
 MIN_PAIRS = {("en-de", "train"): 30000, ("en-vi", "train"): 12000}   # dev/test: 1000 each
 VIETNAMESE_MARKS = set("ăâđêôơưĂÂĐÊÔƠƯàảãáạằẳẵắặầẩẫấậèẻẽéẹềểễếệìỉĩíịòỏõóọồổỗốộờởỡớợùủũúụừửữứựỳỷỹýỵ")
-
-sys.path.insert(0, str(REPO / "tools"))
-import build_demo_corpus  # noqa: E402
 
 
 def read_lines(path: Path) -> list[str]:

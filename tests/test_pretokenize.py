@@ -71,7 +71,7 @@ def test_round_trip_every_iwslt_line(iwslt_dir):
 def test_round_trip_every_demo_line():
     paths = sorted(DEMO.glob("**/*.gz"))
     if not paths:
-        pytest.skip("data/demo/*.gz is absent (built by tools/build_demo_corpus.py)")
+        pytest.skip("data/demo/*.gz is absent (built by tools/maintainers/build_demo_corpus.py)")
     for path in paths:
         for n, line in enumerate(read_lines(path)):
             assert detokenize(tokenize(line)) == normalized(line), f"{path}:{n + 1}"
@@ -81,7 +81,7 @@ def test_round_trip_through_bpe():
     """raw text -> tokenize -> BPE -> remove_bpe -> detokenize gives the (normalized) text back."""
     paths = sorted(DEMO.glob("**/dev.*.gz"))
     if not paths:
-        pytest.skip("data/demo/*.gz is absent (built by tools/build_demo_corpus.py)")
+        pytest.skip("data/demo/*.gz is absent (built by tools/maintainers/build_demo_corpus.py)")
     lines = [line for path in paths for line in read_lines(path)]
     tokenized = [tokenize(line) for line in lines]
     bpe = BPE(learn_bpe(tokenized, 2000))

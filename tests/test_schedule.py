@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from nmt.train.schedule import get_lr, warmup_epochs_for, warmup_steps_from_epochs
+from nmt.train.schedule import get_lr, warmup_epochs_for, warmup_steps_for, warmup_steps_from_epochs
 
 
 def test_values_at_chosen_steps():
@@ -33,3 +33,18 @@ def test_warmup_conversion_and_finetune_scaling():
         get_lr(3, peak_lr=1.0, warmup_steps=0)
     with pytest.raises(ValueError):
         warmup_steps_from_epochs(1, 0)
+
+
+def test_warmup_steps_for_is_the_one_rule():
+    """--warmup-steps, else --warmup-epochs, else a resumed run's own warm-up, else --warmup-reference
+    epochs scaled by LR / 4e-4 (the paper: 5 epochs at 4e-4, 1 at 8e-5)."""
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=10) == 50
+    assert warmup_steps_for(peak_lr=8e-5, updates_per_epoch=10) == 10
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=10, warmup_reference=2.0) == 20
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=10, warmup_epochs=0.5) == 5
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=10, warmup_steps=7, warmup_epochs=0.5) == 7
+    # resumed (another world size: other updates per epoch): the schedule it started with ...
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=20, resumed=50) == 50
+    # ... unless the warm-up is given explicitly
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=20, warmup_epochs=1.0, resumed=50) == 20
+    assert warmup_steps_for(peak_lr=4e-4, updates_per_epoch=20, warmup_steps=3, resumed=50) == 3

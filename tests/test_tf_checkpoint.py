@@ -13,13 +13,8 @@ from nmt.model.bert import BertConfig
 from nmt.weights.bert_names import TF_SKIP, TF_TO_NATIVE, map_to_native
 from nmt.weights.pretrained import installed_package_dir, read_bert_dir
 from nmt.weights.safetensors_io import load_safetensors
-from nmt.weights.tf_checkpoint import (
-    crc32c,
-    crc32c_bytewise,
-    mask_crc,
-    read_bundle_index,
-    read_tf_checkpoint,
-)
+from nmt.weights.crc32c import crc32c, crc32c_bytewise, mask_crc
+from nmt.weights.tf_checkpoint import read_bundle_index, read_tf_checkpoint
 
 INDEX = "bert_model.ckpt.index"
 DATA = "bert_model.ckpt.data-00000-of-00001"

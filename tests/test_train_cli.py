@@ -102,3 +102,54 @@ def test_google_tf_checkpoint_layout_as_bert(tmp_path, capsys, monkeypatch):
                            "--max-steps", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and str(data) in err and "WordPiece vocabulary" in err
+
+
+def _default_bert_or_skip():
+    from nmt.weights.pretrained import ensure_default_bert
+    try:
+        ensure_default_bert(print_fn=lambda *_: None)
+    except ValueError as e:                     # the registry package is not installed here
+        pytest.skip(str(e))
+
+
+def test_quick_prepares_a_demo_slice_and_trains_stage_1(tmp_path, capsys, monkeypatch):
+    """`python train.py --quick`: the first QUICK_PAIRS lines of each demo split, prepared into
+    checkpoints/data/quick-en-de, and stage 1 with the quick preset; translate.py reads the run."""
+    from nmt.data.binarized import read_meta
+    from nmt.files import data_dir
+    from nmt.train.config import QUICK_PAIRS, QUICK_PRESET
+    _default_bert_or_skip()
+    run = tmp_path / "quick"
+    assert train_cli.main(["--quick", "--run-dir", str(run), "--max-steps", "2", "--no-progress",
+                           "--encoder-cache", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "it does not translate well" in out and f"--checkpoint {run}" in out
+    splits = read_meta(data_dir("quick-en-de"))["splits"]
+    assert splits["valid"]["pairs"] == QUICK_PAIRS["dev"] and splits["test"]["pairs"] == QUICK_PAIRS["test"]
+    assert QUICK_PAIRS["train"] - 5 <= splits["train"]["pairs"] <= QUICK_PAIRS["train"]   # overlong pairs dropped
+    config = load_checkpoint(run / "decoder" / "checkpoint_last.pt")["config"]
+    assert {k: config[k] for k in QUICK_PRESET} == QUICK_PRESET and config["stage"] == "decoder"
+    assert config["max_sentences"] == 64                                   # the demo preset beneath it
+    code, translation, _ = translate(capsys, monkeypatch, "--checkpoint", run / "decoder" / "checkpoint_last.pt")
+    assert code == 0 and translation.strip()
+
+
+def test_quick_refuses_other_stages_and_data(capsys):
+    assert train_cli.main(["--quick", "--stage", "finetune"]) == 2
+    assert "--quick runs stage 1 of a demo pair" in capsys.readouterr().err
+    assert train_cli.main(["--quick", "--pair", "en-fr"]) == 2
+    assert "error: --quick" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_runs_the_whole_pipeline(tmp_path, capsys, monkeypatch):
+    """The whole --quick run as a user runs it (about two minutes on 2 cores): two epochs, the
+    length penalty chosen on the dev slice, and a run directory translate.py picks its model from."""
+    _default_bert_or_skip()
+    run = tmp_path / "quick"
+    assert train_cli.main(["--quick", "--run-dir", str(run), "--no-progress"]) == 0
+    assert "reached --max-epochs 2" in capsys.readouterr().out
+    best = load_checkpoint(run / "decoder" / "checkpoint_best.pt")
+    assert best["epoch"] == 2 or best["epoch"] == 1
+    code, translation, err = translate(capsys, monkeypatch, "--checkpoint", run)
+    assert code == 0 and translation.strip()

@@ -226,6 +226,59 @@ def test_metrics_add_up_after_a_resume(work, tmp_path):
         assert a["dev"]["loss"] == pytest.approx(b["dev"]["loss"], abs=1e-5)
 
 
+CHECKPOINT_KEYS = {"format", "stage", "model_spec", "model", "source", "target", "config", "optimizer", "schedule",
+                   "step", "epoch", "batch_in_epoch", "best_dev_loss", "best_dev_bleu", "bad_epochs", "rng",
+                   "world_size", "cpu_seconds", "owed", "epoch_totals", "epoch_seconds"}
+
+
+def test_checkpoint_last_records_the_owed_work_and_a_resume_does_it_once(work, tmp_path):
+    """nmt/train/run_state.py's contract: after an epoch checkpoint_last.pt holds the whole state and the
+    work still owed (best copy, kept-epoch copy, the epoch's record); a resume after a kill that came
+    before any of it does it, and only once."""
+    cfg = make_cfg(work, tmp_path, stage="decoder", max_epochs=1, epoch_checkpoints="1")
+    assert setup(cfg, print_fn=quiet).fit() == "max_epochs"
+    stage = tmp_path / "decoder"
+    last = load_checkpoint(stage / "checkpoint_last.pt")
+    assert set(last) == CHECKPOINT_KEYS
+    owed = last["owed"]
+    assert owed["best"] and owed["epoch_checkpoint"] == 1 and [r["event"] for r in owed["metrics"]] == ["epoch"]
+    (stage / "checkpoint_best.pt").unlink()                 # as if killed right after checkpoint_last.pt
+    (stage / "checkpoint_epoch1.pt").unlink()
+    metrics = stage / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if '"event": "epoch"' not in line))
+    resumed = setup(dataclasses.replace(cfg, resume=True), print_fn=quiet)
+    assert resumed.owed == owed
+    assert resumed.fit() == "max_epochs" and resumed.owed == {}
+    assert load_checkpoint(stage / "checkpoint_best.pt")["epoch"] == 1 and (stage / "checkpoint_epoch1.pt").is_file()
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1]
+    resumed.settle_owed()                                   # nothing owed any more: nothing written twice
+    assert metrics.read_text().count('"event": "epoch"') == 1
+
+
+def test_a_resumed_run_keeps_its_warmup_and_the_model_is_set_to_its_stage_once(work, tmp_path, monkeypatch):
+    """The warm-up is decided in one place (nmt/train/schedule.py: warmup_steps_for): --warmup-reference
+    epochs scaled by the LR, or, resumed, what the checkpoint says unless --warmup-steps/epochs is given."""
+    from nmt.model.seq2seq import Seq2Seq
+    from nmt.weights.checkpoint import save_checkpoint
+    stages = []
+    set_stage = Seq2Seq.set_stage
+    monkeypatch.setattr(Seq2Seq, "set_stage", lambda self, stage: stages.append(stage) or set_stage(self, stage))
+    cfg = make_cfg(work, tmp_path, stage="direct", warmup_steps=None, warmup_reference=1.0, max_steps=2)
+    first = setup(cfg, print_fn=quiet)
+    assert stages == ["direct"]                              # assemble_run leaves it to the Trainer
+    assert first.warmup_steps == 5 * 5                       # 1 epoch at 4e-4 -> 5 at 2e-3, 5 updates each
+    first.fit()
+    path = tmp_path / "direct" / "checkpoint_last.pt"
+    state = load_checkpoint(path)
+    state["schedule"]["warmup_steps"] = 7                    # as if saved by a job of another world size
+    save_checkpoint(path, state)
+    assert setup(dataclasses.replace(cfg, resume=True), print_fn=quiet).warmup_steps == 7
+    assert setup(dataclasses.replace(cfg, resume=True, warmup_steps=4), print_fn=quiet).warmup_steps == 4
+    assert setup(dataclasses.replace(cfg, resume=True, warmup_epochs=1.0), print_fn=quiet).warmup_steps == 5
+
+
 def test_token_batching_holds_max_sentences_on_average(work, tmp_path):
     trainer = setup(make_cfg(work, tmp_path, stage="direct", batching="tokens", max_sentences=8), print_fn=quiet)
     batches = trainer.epoch_batches(0)

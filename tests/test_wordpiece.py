@@ -153,7 +153,7 @@ def demo_params():
 @pytest.mark.parametrize("path, limit", demo_params())
 def test_google_parity_demo_corpus(google, ours, path, limit):
     if path is None:
-        pytest.skip("data/demo/**/*.gz not present (the demo corpus is built by tools/build_demo_corpus.py)")
+        pytest.skip("data/demo/**/*.gz not present (the demo corpus: tools/maintainers/build_demo_corpus.py)")
     lines = read_lines(path)[:limit]
     assert assert_same_as_google(google, ours, lines, str(path.relative_to(REPO))) == \
         (limit or len(lines)) > 0
@@ -267,6 +267,56 @@ def test_hf_difference_private_use(google, ours, hf):
         assert ours.tokenize(line) == google.tokenize(line) == ["[UNK]"]
         assert hf.tokenize(line) == hf_pieces
     assert ours.tokenize("a\u0378b") == google.tokenize("a\u0378b") == hf.tokenize("a\u0378b") == ["[UNK]"]
+
+
+# ---- the plain twin (plain_wordpiece) -------------------------------------------------------
+
+PLAIN_HEAD_LINES = 300  # first lines of each demo file (en, de, vi): a few seconds per casing
+HARD_STRINGS = [
+    "", " \x00 \t ", "CAFÉ Café cafe\u0301 Zürich Ångström straße İstanbul ΌΣΟΣ", "Nguyễn Đặng Thái Sơn",
+    "猫猫hello 東京タワー 𠀀𠀁 丽", "hel\x00lo wor\x07ld \x1c\x85 \u200b\ufeff\ufffd a\u2028b \u00a0\u3000!",
+    "a$a^a`a+a<a ¿hello,world! a€a ...!!! &quot;", "x" * 200, "x" * 201, "x" * 201 + ".x",
+    "é" * 201, "unaffable unaffz " + "ab" * 150, "ﬁ ǅ Ω ẞ 1⃣ ́̂ 👨‍👩‍👧‍👦",
+]
+
+
+@pytest.fixture(scope="module")
+def default_vocab() -> Path:
+    try:
+        return wordpiece.default_vocab_path()
+    except WordPieceError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def plain_corpora() -> dict[str, list[str]]:
+    """The first lines of every demo file, IWSLT tst2013.en when present, and the hard strings."""
+    corpora = {str(path.relative_to(REPO)): read_lines(path)[:PLAIN_HEAD_LINES] for path in demo_files()}
+    if (SHARED_IWSLT / "tst2013.en").exists():
+        corpora["tst2013.en"] = read_lines(SHARED_IWSLT / "tst2013.en")
+    corpora["hard cases"] = hard_cases() + HARD_STRINGS
+    return corpora
+
+
+@pytest.mark.parametrize("lower_case", [True, False], ids=["uncased", "cased"])
+def test_plain_twin_equals_fast_path_on_real_text(default_vocab, plain_corpora, lower_case):
+    """plain_wordpiece (Google's steps, no caches) and the fast tokenizer give the same pieces on
+    the demo corpora, IWSLT tst2013.en and hard strings, with the real vocabulary."""
+    fast = WordPieceTokenizer.from_file(default_vocab, do_lower_case=lower_case)
+    vocab = set(fast.vocab)
+    for name, lines in plain_corpora.items():
+        for number, line in enumerate(lines, start=1):
+            assert wordpiece.plain_wordpiece(line, vocab, lower_case) == fast.tokenize(line), \
+                f"{name}, line {number}: {line!r}"
+    assert sum(map(len, plain_corpora.values())) > 1000 or not demo_files()
+
+
+@pytest.mark.parametrize("lower_case", [True, False], ids=["uncased", "cased"])
+def test_plain_twin_equals_fast_path_with_tiny_vocab(lower_case):
+    """A tiny vocabulary sends most words down the [UNK] paths (no match, partial match)."""
+    fast = WordPieceTokenizer(TINY, do_lower_case=lower_case)
+    for line in hard_cases() + HARD_STRINGS:
+        assert wordpiece.plain_wordpiece(line, TINY, lower_case) == fast.tokenize(line), repr(line)
 
 
 # ---- hand-worked rules (tiny vocabulary) ----------------------------------------------------

@@ -11,8 +11,8 @@ from glibc itself with ``mallopt``: every block comes from the heap and the heap
 so freed memory is reused by the next step. The process keeps its peak memory until it exits.
 
 It changes process-wide allocator settings, so only command-line entry points call it
-(translate.py, tools/bench_translate.py), never the library. train.py does not: training showed no
-gain beyond the benchmark's noise (docs/speed.md).
+(translate.py, tools/maintainers/bench_translate.py), never the library. train.py does not:
+training showed no gain beyond the benchmark's noise (docs/speed.md).
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def onednn_available() -> bool:
 
 def _use_onednn(*tensors: Tensor) -> bool:
     # torch.distributed processes too: the abort once blamed on these kernels is a gloo shutdown race
-    # that happens without them (docs/distributed.md)
+    # that happens without them (docs/notes/distributed-investigation.md)
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and onednn_available() \
         and not torch.is_autocast_enabled("cpu") and kernel_passes(ONEDNN_FP32)
 

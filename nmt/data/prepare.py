@@ -43,6 +43,7 @@ of two pairs, so no BERT is needed):
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -62,7 +63,7 @@ from nmt.data.binarized import (
     write_json,
 )
 from nmt.errors import DataError
-from nmt.files import DEMO_DIR, remove_stale_temporaries
+from nmt.files import DEMO_DIR, atomic_write, remove_stale_temporaries
 from nmt.text.bpe import BPE, learn_bpe
 from nmt.text.lines import open_text_lines
 from nmt.text.pipeline import MODES, SourcePipeline, TargetPipeline, pre_bpe_tokens
@@ -192,6 +193,28 @@ def prepare_demo(out: str | Path, pair: str = "en-de", *, bert: str | Path | Non
     return prepare(out, train_prefix=base / "train", valid_prefix=base / "dev", test_prefixes=[base / "test"],
                    src=src, tgt=tgt, target_mode="raw", bert=bert, bpe_merges=bpe_merges,
                    source_bpe=source_bpe, reuse=reuse, print_fn=print_fn)
+
+
+def prepare_demo_slice(out: str | Path, pair: str, lines: dict[str, int], *, bert: str | Path | None = None,
+                       bpe_merges: int = DEFAULT_BPE_MERGES, print_fn: Callable[[str], None] = print) -> dict:
+    """Prepare the first ``lines[split]`` pairs of each demo split (train, dev, test) into ``out``, once:
+    train.py --quick. The slices are written as text next to it (``OUT-text/``), so meta.json names
+    real input files as for any other data."""
+    out = Path(out)
+    src, tgt = pair.split("-")
+    text = out.parent / f"{out.name}-text"
+    text.mkdir(parents=True, exist_ok=True)
+    for split, count in lines.items():
+        for lang in (src, tgt):
+            target = text / f"{split}.{lang}"
+            if not target.is_file():
+                with gzip.open(DEMO_DIR / pair / f"{split}.{lang}.gz", "rb") as f:
+                    head = b"".join(line for _, line in zip(range(count), f))
+                with atomic_write(target) as w:
+                    w.write(head)
+    return prepare(out, train_prefix=text / "train", valid_prefix=text / "dev", test_prefixes=[text / "test"],
+                   src=src, tgt=tgt, target_mode="raw", bert=bert, bpe_merges=bpe_merges, reuse=True,
+                   print_fn=print_fn)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ sentence, see nmt/model/decoder.py). At every step, for each sentence:
    never built at once; step 0 runs one row per sentence (all beams would share the BOS prefix);
 2. EOS candidates among the best ``beam`` are FINISHED with the score
    ``sum(log p) / len ** lenpen`` where ``len`` counts the generated tokens INCLUDING the EOS
-   (fairseq: ``eos_scores /= (step + 1) ** len_penalty``);
+   (fairseq: ``eos_scores /= (step + 1) ** len_penalty``; nmt/decode/length_penalty.py:
+   :func:`length_normalized`, the one place the formula is written);
 3. the best ``beam`` non-EOS candidates stay open.
 
 A sentence stops (and leaves the batch, so the batch shrinks) when it has ``beam`` finished
@@ -26,19 +27,12 @@ With ``no_repeat_ngram_size=n`` (fairseq's ``--no-repeat-ngram-size``) a hypothe
 an n-gram of target ids that already occurs in it: such tokens get -inf (:func:`ban_repeated_ngrams`).
 Greedy search and sampling (nmt/decode/sampling.py) share :func:`decode_rows`.
 
-Worked example on a scripted model whose next-token table ignores the source (unlisted
-prefixes end with EOS): greedy search commits to the likelier first token 4 (p = .6 * .55 = .33 for
-"4 6"), beam search finds "5 6" (p = .4 * .9 = .36):
-
->>> import torch
->>> table = {(): {4: 0.6, 5: 0.4}, (4,): {6: 0.55, 7: 0.45}, (5,): {6: 0.9}}
->>> model = ScriptedModel(table, vocab_size=8)
->>> src, mask = torch.tensor([[9, 9]]), torch.tensor([[True, True]])
->>> greedy_search(model, src, mask)[0][0].tokens
-[4, 6]
->>> best = beam_search(model, src, mask, beam_size=2, nbest=2)[0]
->>> [(h.tokens, round(h.score, 4)) for h in best]      # score: log p / 3 tokens (EOS counted)
-[([5, 6], -0.3406), ([4, 6], -0.3696)]
+Worked example, a model whose next-token probabilities are a fixed table (unlisted prefixes end
+with EOS): after BOS, 4 (.6) or 5 (.4); after 4, 6 (.55) or 7 (.45); after 5, 6 (.9). Greedy search
+commits to the likelier first token and returns "4 6" (p = .6 * .55 = .33); beam search with
+``beam_size=2`` keeps both and finds "5 6" (p = .4 * .9 = .36), whose score over 3 tokens (EOS
+counted) is ln(.36) / 3 = -0.3406 against ln(.33) / 3 = -0.3696 for "4 6". tests/test_beam_search.py
+runs this example (``test_the_module_docstrings_worked_example``).
 """
 from __future__ import annotations
 
@@ -49,14 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmt.model.loss import logit_chunk_rows
+from nmt.decode.length_penalty import DEFAULT_LENPEN, length_normalized
+from nmt.model.logit_chunks import logit_chunk_rows
 from nmt.text.vocab import Vocab
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]      # generated target ids, without BOS and EOS
-    score: float           # sum(log p) over tokens + EOS, divided by (len(tokens) + 1) ** lenpen
+    score: float           # sum(log p) over tokens + EOS, length_normalized over len(tokens) + 1
 
 
 def max_lengths(src_mask: Tensor, max_len_a: float, max_len_b: int, limit: int) -> Tensor:
@@ -148,7 +143,7 @@ def _top_candidates(project, hidden: Tensor, scores: Tensor, beams: int, n: int,
 
 
 @torch.no_grad()
-def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, lenpen: float = 1.0,
+def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, lenpen: float = DEFAULT_LENPEN,
                 max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1, nbest: int = 1,
                 early_stop: bool = True, chunk_bytes: int | None = None,
                 no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
@@ -196,7 +191,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
         if b_idx.numel():
             rows = b_idx * beams + cand_beams[b_idx, c_idx]
             hyp_tokens = tokens[rows, 1:].tolist()
-            hyp_scores = (cand_scores[b_idx, c_idx].double() / (step + 1) ** lenpen).tolist()
+            hyp_scores = length_normalized(cand_scores[b_idx, c_idx].double(), step + 1, lenpen).tolist()
             touched = set()
             for b, toks, sc in zip(b_idx.tolist(), hyp_tokens, hyp_scores):
                 s = int(sent_ids[b])
@@ -223,7 +218,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
         done = ~torch.isfinite(best_open) | (n_done >= K)
         if not early_stop:
             final_len = (max_len[sent_ids] + 1).double() if lenpen >= 0 else torch.full((Bp,), step + 2.0)
-            bound = best_open / final_len ** lenpen                                # best reachable score
+            bound = length_normalized(best_open, final_len, lenpen)                # best reachable score
             done = ~torch.isfinite(best_open) | ((n_done >= K) & (kth_best[sent_ids] >= bound))
 
         rows = (torch.arange(Bp, device=device)[:, None] * beams + new_beams)      # [B',K] rows into N
@@ -244,7 +239,7 @@ def beam_search(model, src_ids: Tensor, src_mask: Tensor, beam_size: int = 10, l
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
 
 
-def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0, max_len_a: float = 1.2,
+def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = DEFAULT_LENPEN, max_len_a: float = 1.2,
                   max_len_b: int = 10, min_len: int = 1, no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """The beam-1 case without candidate bookkeeping: argmax at every step. Same output format
     (and the same result) as ``beam_search(..., beam_size=1)``."""
@@ -254,7 +249,7 @@ def greedy_search(model, src_ids: Tensor, src_mask: Tensor, lenpen: float = 1.0,
 
 
 @torch.no_grad()
-def decode_rows(model, src_ids: Tensor, src_mask: Tensor, choose, *, copies: int = 1, lenpen: float = 1.0,
+def decode_rows(model, src_ids: Tensor, src_mask: Tensor, choose, *, copies: int = 1, lenpen: float = DEFAULT_LENPEN,
                 max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1, no_repeat_ngram_size: int = 0,
                 temperature: float = 1.0) -> list[list[Hypothesis]]:
     """One token per row and step, each row ending at its own EOS: greedy search and sampling.
@@ -288,7 +283,7 @@ def decode_rows(model, src_ids: Tensor, src_mask: Tensor, choose, *, copies: int
         if ended.any():
             idx = ended.nonzero(as_tuple=True)[0]
             for r, toks, sc in zip(row_ids[idx].tolist(), out[idx.to(device)].tolist(),
-                                   (scores[idx.to(device)].double() / (step + 1) ** lenpen).tolist()):
+                                   length_normalized(scores[idx.to(device)].double(), step + 1, lenpen).tolist()):
                 results[r // copies].append(Hypothesis(toks, sc))
             keep = (~ended).nonzero(as_tuple=True)[0]
             keep_dev = keep.to(device)
@@ -298,48 +293,3 @@ def decode_rows(model, src_ids: Tensor, src_mask: Tensor, choose, *, copies: int
         step += 1
     return [sorted(hyps, key=lambda h: -h.score) for hyps in results] if copies > 1 else results
 
-
-class ScriptedModel:
-    """A fake model for tests and examples: next-token probabilities from a fixed table.
-
-    ``table`` maps a prefix (tuple of generated ids, no BOS) to {token: probability}; missing
-    prefixes, and missing mass, go to EOS. The source is ignored except for its length.
-    """
-
-    class _Decoder:
-        max_positions = 1 << 20
-
-        def __init__(self, table, vocab_size):
-            self.table, self.vocab_size = table, vocab_size
-
-        def init_state(self, encoder_out, src_mask):
-            return {"prefixes": [() for _ in range(encoder_out.size(0))], "length": 0}
-
-        def output_projection(self, x):          # step_features already gives log-probs
-            return x
-
-        def step(self, prev_token, state):
-            return self.step_features(prev_token, state)
-
-        def step_features(self, prev_token, state):
-            prefixes = state["prefixes"]
-            if state["length"] > 0:
-                prefixes = [p + (int(t),) for p, t in zip(prefixes, prev_token)]
-            state["prefixes"], state["length"] = prefixes, state["length"] + 1
-            probs = torch.full((len(prefixes), self.vocab_size), 1e-12)
-            for i, p in enumerate(prefixes):
-                row = self.table.get(p, {})
-                for tok, pr in row.items():
-                    probs[i, tok] = pr
-                probs[i, Vocab.EOS] += max(0.0, 1.0 - sum(row.values()))
-            return probs.log()
-
-        def reorder_state(self, state, new_order, source_order=None):
-            state["prefixes"] = [state["prefixes"][i] for i in new_order.tolist()]
-            return state
-
-    def __init__(self, table: dict, vocab_size: int):
-        self.decoder = self._Decoder(table, vocab_size)
-
-    def encode(self, src_ids, src_mask):
-        return torch.zeros(src_ids.size(0), src_ids.size(1), 1)

@@ -14,13 +14,11 @@ Randomness comes only from the ``torch.Generator`` objects given: one for all ro
 row, which makes a row's sample independent of the rows beside it (:class:`Translator` seeds one
 per line and sample from ``seed`` and the line's number, so the output does not depend on batching).
 
->>> import torch
->>> from nmt.decode.beam_search import ScriptedModel
->>> model = ScriptedModel({(): {4: 0.6, 5: 0.4}, (4,): {6: 0.9}, (5,): {6: 0.9}}, vocab_size=8)
->>> src, mask = torch.tensor([[9, 9]]), torch.tensor([[True, True]])
->>> hyps = sample_search(model, src, mask, num_samples=3, sampling_topk=1, generator=torch.Generator())[0]
->>> [h.tokens for h in hyps]                                  # top-k 1: always the most probable token
-[[4, 6], [4, 6], [4, 6]]
+Example: a model that after BOS gives 4 (.6) or 5 (.4), then 6 (.9), then EOS. With
+``sampling_topk=1`` every sample keeps only the most probable token, so ``num_samples=3`` gives
+"4 6" three times; unfiltered, about four samples in ten would start with 5. :func:`filter_probs`
+shows the filtering on one row; tests/test_beam_search.py runs this example
+(``test_the_sampling_modules_example``) and checks sampled frequencies against the tables.
 """
 from __future__ import annotations
 

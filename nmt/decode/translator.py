@@ -100,7 +100,7 @@ class Translator:
         """Load for decoding: every Linear swapped for a faster inference kernel of ``compute_type``
         (as CTranslate2 names them: float32, oneDNN-packed on the CPU; bfloat16; int8, the decoder's
         layers, CPU only; nmt/cpu/inference_linear.py). ``int8=True`` is ``compute_type="int8"``. The
-        default length penalty is the checkpoint's dev-set choice (nmt/decode/length_penalty.py), else 1.0."""
+        default length penalty is the checkpoint's dev-set choice (nmt/decode/lenpen_choice.py), else 1.0."""
         device = translation_device(device)
         compute_type = "int8" if int8 else compute_type
         try:

@@ -308,8 +308,10 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(H)
         self.dropout = cfg.dropout
 
-    def _rest(self, x: Tensor, a: Tensor, k: Tensor, v: Tensor, mask: Tensor,
-              need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def _after_self_attention(self, x: Tensor, a: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                              need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The layer from the self-attention output ``a`` on (its residual and norm, cross-attention,
+        FFN): the part :meth:`forward` (whole prefix) and :meth:`step` (one cached position) share."""
         drop = lambda y: F.dropout(y, self.dropout, self.training)   # noqa: E731
         x = self.self_attn_norm(x + drop(a))
         if need_weights:
@@ -324,11 +326,11 @@ class DecoderLayer(nn.Module):
                 need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x [B,T,H]; k, v [B,h,S,d] of the encoder output; mask [B,1,1,S] -> [B,T,H]
         (``need_weights``: and the cross-attention probabilities [B,h,T,S])."""
-        return self._rest(x, self.self_attn(x, causal=True), k, v, mask, need_weights)
+        return self._after_self_attention(x, self.self_attn(x, causal=True), k, v, mask, need_weights)
 
     def step(self, x: Tensor, cache: dict, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """x [N,1,H] -> [N,1,H], appending this position's keys/values to ``cache``."""
-        return self._rest(x, self.self_attn.step(x, cache), k, v, mask)
+        return self._after_self_attention(x, self.self_attn.step(x, cache), k, v, mask)
 
 
 @dataclass

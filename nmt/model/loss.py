@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from nmt.cpu.gemm import matmul_nt
+from nmt.model.logit_chunks import logit_chunk_rows
 from nmt.text.vocab import Vocab
 
 
@@ -77,19 +78,6 @@ def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float = 0.1
     on_target, eps_i = _smoothing_weights(epsilon, V)
     loss_sum = on_target * nll_sum + eps_i * smooth_sum
     return loss_sum, nll_sum
-
-
-def logit_chunk_rows(vocab_size: int, device: torch.device, chunk_bytes: int | None = None) -> int:
-    """Rows per chunk of logits: the [rows, V] float32 block stays below ``chunk_bytes`` (CPU default
-    16 MiB: it stays in the last-level cache and below glibc's mmap threshold, so it is not
-    page-faulted anew for every chunk; GPU default 1 GiB: large GEMMs). Also used by beam search.
-
-    >>> logit_chunk_rows(16000, torch.device("cpu"))
-    262
-    """
-    if chunk_bytes is None:
-        chunk_bytes = 16 * 2**20 if device.type == "cpu" else 2**30
-    return max(1, chunk_bytes // (4 * vocab_size))
 
 
 def _fused_pass(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, rows: int,

@@ -169,7 +169,7 @@ def build_model(spec: ModelSpec) -> Seq2Seq:
                                      spec.src_pad_id)
         # fairseq's embedding init for the baselines: Xavier's std on a [V, H] table, sqrt(2 / (V + H)),
         # is sqrt((V + H) / 2H) times below fairseq's H^-0.5, and with it transformer-small stalled on
-        # the demo (docs/results-demo-en-vi.md)
+        # the demo (docs/notes/results-demo-en-vi-history.md)
         fairseq_embedding_init_([encoder.embed_tokens, decoder.embed_tokens, decoder.output_projection])
     return Seq2Seq(encoder, decoder)
 

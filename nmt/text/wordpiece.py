@@ -36,6 +36,9 @@ a line costs one ``split``, a dictionary look-up per word and, only when it hold
 that cleaning changes, one ``str.translate``. Character classes come
 from Python's ``unicodedata``, exactly as in Google's code, computed lazily per distinct character.
 
+:func:`plain_wordpiece` is the plain twin: the same steps in one short function, without
+caches or tables, for reading next to Google's code; the tests require the two to agree.
+
 Command line::
 
     python -m nmt.text.wordpiece --demo                       # the installed all-MiniLM-L6-v2 vocabulary
@@ -93,6 +96,56 @@ def is_punctuation(char: str) -> bool:
 def is_cjk(char: str) -> bool:
     cp = ord(char)
     return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+def plain_wordpiece(text: str, vocab, do_lower_case: bool = True) -> list[str]:
+    """The plain twin of :meth:`WordPieceTokenizer.tokenize`: Google's steps one after another.
+
+    No caches or tables, to read next to Google's tokenization.py; the fast tokenizer is tested
+    equal to it on real text (tests/test_wordpiece.py). ``vocab``: the entries (a set is fastest).
+
+    >>> vocab = {"un", "##aff", "##able", "cafe", "##s", "-", "猫"}
+    >>> plain_wordpiece("Un-affable\\tCAFÉ\\x00s 猫猫 xyz", vocab)
+    ['un', '-', '[UNK]', 'cafe', '##s', '猫', '猫', '[UNK]']
+    >>> plain_wordpiece("unaffable", vocab)    # "un", then the longest "##" match, and so on
+    ['un', '##aff', '##able']
+    """
+    # BasicTokenizer 1: drop NUL, U+FFFD and control characters, whitespace becomes a space,
+    # CJK ideographs get spaces around them; then split on whitespace.
+    cleaned = ""
+    for char in text:
+        if ord(char) in (0, 0xFFFD) or is_control(char):
+            continue
+        cleaned += " " if is_whitespace(char) else f" {char} " if is_cjk(char) else char
+    basic: list[str] = []
+    for word in cleaned.split():
+        # BasicTokenizer 2: uncased models lower-case and strip accents (NFD, drop marks Mn) ...
+        if do_lower_case:
+            word = "".join(c for c in unicodedata.normalize("NFD", word.lower())
+                           if unicodedata.category(c) != "Mn")
+        part = ""
+        for char in word:  # ... then every punctuation character becomes a word of its own
+            if is_punctuation(char):
+                basic += [part, char]
+                part = ""
+            else:
+                part += char
+        basic.append(part)
+    # WordpieceTokenizer: greedy longest-match-first, "##" marks a piece inside a word; a word
+    # that is too long, or has a rest that no entry matches, becomes one [UNK].
+    pieces: list[str] = []
+    for word in " ".join(basic).split():
+        word_pieces, start = [], 0
+        while start < len(word) and len(word) <= MAX_CHARS_PER_WORD:
+            end = len(word)
+            while end > start and ("##" if start else "") + word[start:end] not in vocab:
+                end -= 1
+            if end == start:
+                break
+            word_pieces.append(("##" if start else "") + word[start:end])
+            start = end
+        pieces += word_pieces if start == len(word) else ["[UNK]"]
+    return pieces
 
 
 class _CleanTable(dict):

@@ -1,10 +1,13 @@
 """Assembling a training run from its config: the prepared data (the demo corpus is prepared on
 first use, nmt/data/prepare.py), the text pipelines, and the model the stage starts from -- BERT's
 weights and a new decoder (stage 1, direct), a fresh baseline (scratch), the stage-1 best checkpoint
-(fine-tuning) or the checkpoint to resume. Nothing here trains; nmt/train/trainer.py does.
+(fine-tuning) or the checkpoint to resume. Nothing here trains; nmt/train/trainer.py does (and sets
+the model to its stage: Seq2Seq.set_stage runs there, once).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +18,7 @@ from nmt.data.binarized import ParallelData, read_meta
 from nmt.data.prepare import prepare_demo
 from nmt.cpu.inference_linear import cpu_has_bf16
 from nmt.errors import TrainingError
+from nmt.files import remove_stale_temporaries, stage_dir
 from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
 from nmt.train.config import (
@@ -23,19 +27,19 @@ from nmt.train.config import (
     demo_bpe_merges,
     demo_data_dir,
 )
+from nmt.train.distributed import DistContext
 from nmt.weights.checkpoint import (
     REQUIRED_FOR_RESUME,
     check_vocabularies,
     load_checkpoint,
     model_from_checkpoint,
-    stage_dir,
 )
 
 
 @dataclass
 class Run:
     """Everything a Trainer starts from."""
-    model: Seq2Seq                  # set to the stage (frozen encoder in stage 1)
+    model: Seq2Seq                  # not yet set to the stage: the Trainer does that (and builds the optimizer)
     spec: ModelSpec                 # how to rebuild the model (stored in checkpoints)
     source: SourcePipeline          # text -> source ids (WordPiece for BERT, BPE for the baselines)
     target: TargetPipeline          # text <-> target ids (BPE)
@@ -69,6 +73,29 @@ def resolve_amp(amp: str, device: torch.device) -> str:
                             "/proc/cpuinfo), so bf16 products would run several times slower than fp32; "
                             "use --amp off")
     return amp
+
+
+def prepare_run(cfg: TrainConfig, print_fn: Callable[[str], None], master_process: bool,
+                dist: DistContext | None) -> tuple[TrainConfig, Run, torch.device]:
+    """What nmt/train/trainer.py's ``setup`` does before building the Trainer: the config validated and
+    as the run trains with it (--amp auto resolved for the device: checkpoints record it), the run
+    assembled, rank 0 first (it may write shared files: demo data, converted BERT), after removing
+    what a killed run left in the stage directory."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = dist.device if dist is not None else resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    if cfg.amp == "auto" and master_process:
+        print_fn(f"--amp auto: {'bfloat16 autocast, this CPU has bf16 instructions' if amp == 'bfloat16' else 'off'}"
+                 f" (--amp off or bfloat16 to choose)")
+    cfg = dataclasses.replace(cfg, amp=amp)
+    with dist.rank0_first() if dist is not None else contextlib.nullcontext():
+        if master_process:                      # before any rank writes there
+            for path in remove_stale_temporaries(stage_dir(default_run_dir(cfg), cfg.stage)):
+                print_fn(f"removed {path}, left behind by an interrupted run")
+        run = assemble_run(cfg, print_fn)
+    return cfg, run, device
 
 
 def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:
@@ -186,5 +213,4 @@ def assemble_run(cfg: TrainConfig, print_fn: Callable[[str], None] = print) -> R
         print_fn(f"fine-tuning from {path}")
     else:
         model, spec = build_new_model(cfg, source, target, data_dir, print_fn)
-    model.set_stage(cfg.stage)
     return Run(model, spec, source, target, train, valid, out_dir, resume_state)

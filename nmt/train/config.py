@@ -24,10 +24,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from nmt.decode.length_penalty import parse_grid
+from nmt.decode.lenpen_choice import parse_grid
 from nmt.errors import ConfigError
-from nmt.files import DEMO_PAIRS, data_dir, demo_name, run_dir
+from nmt.files import DEMO_PAIRS, data_dir, demo_name, training_run_dir
 from nmt.model.seq2seq import ARCHS, STAGES
+from nmt.train.schedule import PAPER_WARMUP_REFERENCE
 
 
 def flag(default, help: str):
@@ -64,8 +65,8 @@ class TrainConfig:
     train_lr: float = flag(4e-4, "peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)")
     finetune_lr: float = flag(8e-5, "peak LR of stage finetune when --lr is not given (paper: 8e-5)")
     warmup_epochs: float | None = flag(None, "linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4")
-    warmup_reference: float = flag(5.0, "warm-up epochs at LR 4e-4 that other LRs scale from (paper: 5, so finetune "
-                                        "at 8e-5 gets 1)")
+    warmup_reference: float = flag(PAPER_WARMUP_REFERENCE, "warm-up epochs at LR 4e-4 that other LRs scale from "
+                                                           "(paper: 5, so finetune at 8e-5 gets 1)")
     warmup_steps: int | None = flag(None, "linear warm-up in updates (overrides --warmup-epochs)")
     adam_beta1: float = flag(0.9, "Adam beta1")
     adam_beta2: float = flag(0.99, "Adam beta2 (paper: 0.99)")
@@ -92,7 +93,7 @@ class TrainConfig:
     dev_bleu: bool = flag(False, "after each epoch also translate the dev set (greedy search) and log its BLEU")
     lenpen_grid: str = flag("", "after the stage, translate the dev set (beam 10) with each of these length "
                                 "penalties, e.g. 1.0,1.2,1.5,2.0, and store the best by BLEU in checkpoint_best.pt "
-                                "as translate.py's default (nmt/decode/length_penalty.py); empty: off (1.0)")
+                                "as translate.py's default (nmt/decode/lenpen_choice.py); empty: off (1.0)")
     max_steps: int | None = flag(None, "stop after this many updates in total (tests, benchmarks)")
     max_cpu_minutes: float | None = flag(None, "stop after the epoch in which this stage's process CPU time (encoder "
                                                "cache, updates, dev loss) reaches this; compute-matched baselines")
@@ -233,6 +234,18 @@ def demo_preset(pair: str, stage: str = "decoder") -> dict:
     return {**DEMO_PRESET, "max_epochs": epochs.get(stage, epochs["finetune"])}
 
 
+# train.py --quick: the whole stage-1 pipeline (preparation, training, the length-penalty choice) on a
+# slice of the demo corpus in about two minutes on 2 CPU cores, to see every step run; not a useful model
+QUICK_PAIRS: dict = {"train": 3000, "dev": 200, "test": 200}   # the first lines of each demo split
+QUICK_BPE_MERGES = 1000        # a small target vocabulary for 3,000 sentences
+QUICK_PRESET: dict = {         # over the demo preset
+    "decoder_layers": 1,       # the smallest decoder: the point is the pipeline, not the model
+    "max_epochs": 2,
+    "warmup_epochs": 0.5,      # 2 epochs of ~47 updates: warm up over the first half epoch
+    "lenpen_grid": "1.0,1.5",  # the dev-set choice of translate.py's length penalty, on two values
+}
+
+
 DEMO_BPE_MERGES = 8000         # target BPE merges for the demo corpus (the paper's 16K is for 100K+ pairs)
 
 # The Transformer baseline for small corpora (--arch transformer-small; the demo's baseline): the
@@ -255,7 +268,7 @@ LOW_RESOURCE_BPE_MERGES = 4000  # the baseline's source and target BPE merges on
 # same low-resource recipe at fairseq's IWSLT LR for a 6+6-layer post-norm model, 5e-4, with a
 # 4-epoch warm-up (~880 updates). A deep post-norm model needs the long warm-up: with the baseline's
 # 1 epoch (221 updates) the En-Vi control never left the unigram plateau and diverged at 5e-4, and
-# crawled at 2.5e-4 (dev PPL 360 after 4 epochs, where transformer-small had 53; docs/results-demo-en-vi.md).
+# crawled at 2.5e-4 (dev PPL 360 after 4 epochs, where transformer-small had 53; docs/notes/results-demo-en-vi-history.md).
 LOW_RESOURCE_CONTROL: dict = {**LOW_RESOURCE_BASELINE, "lr": 5e-4, "warmup_epochs": 4.0}
 
 
@@ -335,10 +348,9 @@ def implied_stage(stage: str | None, arch: str) -> str:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    """checkpoints/demo-en-de, checkpoints/iwslt15-en-vi, checkpoints/demo-en-de-transformer-base, ..."""
-    if cfg.run_dir is not None:
-        return Path(cfg.run_dir)
-    return run_dir(demo_name(cfg.pair) if cfg.data is None else Path(cfg.data).resolve().name, cfg.arch)
+    """checkpoints/demo-en-de, checkpoints/iwslt15-en-vi, checkpoints/demo-en-de-transformer-base, ...
+    (nmt/files.py: ``training_run_dir``, where run paths are built)."""
+    return training_run_dir(cfg.data, cfg.pair, cfg.arch, given=cfg.run_dir)
 
 
 def demo_data_dir(pair: str, arch: str = "bert") -> Path:

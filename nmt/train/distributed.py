@@ -37,6 +37,7 @@ import torch
 
 from nmt.data.binarized import make_batches
 from nmt.errors import DistributedError
+from nmt.train.evaluation import Totals
 
 
 def launched_by_torchrun(environ=None) -> bool:
@@ -65,6 +66,11 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         dist.broadcast(t, src=0)            # bit-identical everywhere, whatever the reduction order
         return t.tolist()
+
+    def reduce_totals(self, totals: Totals) -> Totals:
+        """Loss and token sums over all ranks (the same on every rank)."""
+        loss, nll, tokens, sentences = self.all_reduce_sum([totals.loss, totals.nll, totals.tokens, totals.sentences])
+        return Totals(loss, nll, int(round(tokens)), int(round(sentences)))
 
     @property
     def comm_device(self) -> torch.device:
@@ -112,7 +118,7 @@ def exit_worker(status: int) -> NoReturn:
     worker threads alive past ``destroy_process_group()``. A worker thread that frees a finished
     collective (an all_gather of Python-made tensors) while the interpreter is shutting down must take
     the GIL, cannot, and the process aborts: "terminate called without an active exception", SIGABRT.
-    Skipping the shutdown removes the race (docs/distributed.md has the backtrace and the counts).
+    Skipping the shutdown removes the race (docs/notes/distributed-investigation.md has the backtrace and the counts).
     Call it only after every file is closed and the process group is destroyed.
     """
     for stream in (sys.stdout, sys.stderr):

@@ -1,7 +1,7 @@
 """What training does with the dev set's text, apart from the loss: the greedy dev BLEU after each
 epoch (``--dev-bleu``), and at the end of a stage the length penalty chosen on the dev set and
 stored in ``checkpoint_best.pt`` as translate.py's default (``--lenpen-grid``;
-nmt/decode/length_penalty.py). Both translate exactly as translate.py would.
+nmt/decode/lenpen_choice.py). Both translate exactly as translate.py would.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.decode.length_penalty import (
+from nmt.decode.lenpen_choice import (
     LengthPenaltyChoice,
     choose_length_penalty,
     parse_grid,

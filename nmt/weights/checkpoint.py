@@ -17,12 +17,13 @@ it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
     best_dev_loss, bad_epochs   early-stopping state
     rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
     world_size      processes of the data-parallel run that wrote it (absent: 1); resuming with
-                    another number continues at the same fraction of the epoch (nmt/train/trainer.py)
+                    another number continues at the same fraction of the epoch (nmt/train/run_state.py)
     decoding        optional, in checkpoint_best.pt: {"lenpen", ...}, the length penalty chosen on
-                    the dev set after training (nmt/decode/length_penalty.py); absent: translate with 1.0
+                    the dev set after training (nmt/decode/lenpen_choice.py); absent: translate with 1.0
 
 A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, ``direct/``,
-``scratch/``), each with ``checkpoint_best.pt``, ``checkpoint_last.pt`` and ``metrics.jsonl``.
+``scratch/``; nmt/files.py builds these paths), each with ``checkpoint_best.pt``,
+``checkpoint_last.pt`` and ``metrics.jsonl``.
 
 >>> import tempfile
 >>> path = Path(tempfile.mkdtemp()) / "checkpoint_last.pt"
@@ -39,14 +40,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from nmt.errors import CheckpointError
-from nmt.files import atomic_write
+from nmt.files import STAGE_DIRS, atomic_write, stage_dir
 from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
 
 if TYPE_CHECKING:
     from nmt.text.pipeline import SourcePipeline, TargetPipeline
 
 FORMAT = "nmt-checkpoint/1"
-STAGE_DIRS = ("finetune", "decoder", "direct", "scratch")     # preference order for translation
 REQUIRED_FOR_TRANSLATION = ("model_spec", "model", "source", "target")
 REQUIRED_FOR_RESUME = REQUIRED_FOR_TRANSLATION + ("stage", "config", "optimizer", "schedule", "step", "epoch",
                                                   "batch_in_epoch", "best_dev_loss", "bad_epochs", "rng")
@@ -178,11 +178,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def stage_dir(run_dir: str | Path, stage: str) -> Path:
-    """RUN_DIR/STAGE: where one stage's checkpoints and metrics go."""
-    return Path(run_dir) / stage
 
 
 def best_checkpoint_path(run_dir: str | Path) -> Path:

@@ -9,11 +9,11 @@ dtype, on the threads torch is set to use:
     bfloat16  F.linear in bf16 (oneDNN on CPUs with bf16 instructions; emulated, slow, elsewhere)
     int8      torch._int_mm (int8 x int8 -> int32) and fbgemm's dynamic linear (nmt/cpu/inference_linear.py)
 
-tools/bench_train.py and tools/bench_translate.py divide the FLOPs they count (torch's
-FlopCounterMode on the fp32 model) by their time and print the result next to this peak, so
-docs/speed.md can say how far each path is from what the CPU can do.
+tools/maintainers/bench_train.py and tools/maintainers/bench_translate.py divide the FLOPs they
+count (torch's FlopCounterMode on the fp32 model) by their time and print the result next to this
+peak, so docs/speed.md can say how far each path is from what the CPU can do.
 
-    python tools/gemm_peak.py --threads 1
+    python tools/maintainers/gemm_peak.py --threads 1
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 """Training-step benchmark: stage 1 (with and without the encoder cache), stage 2, and HF's
 EncoderDecoderModel of the same size, on the same batch, each in a fresh subprocess.
 
-    python tools/bench_train.py                       # MiniLM-L6 H384 + 6-layer decoder, 16K vocab
-    python tools/bench_train.py --batch 100 --src-len 40 --tgt-len 40 --steps 10 --device cuda
-    python tools/bench_train.py --interleaved --threads 1   # stage 2 vs HF only, alternating in one process
+    python tools/maintainers/bench_train.py                       # MiniLM-L6 H384 + 6-layer decoder, 16K vocab
+    python tools/maintainers/bench_train.py --batch 100 --src-len 40 --tgt-len 40 --steps 10 --device cuda
+    python tools/maintainers/bench_train.py --interleaved --threads 1   # stage 2 vs HF only, alternating in one process
 
 What it prints, per configuration: ms per update, target tokens/s, peak memory (CUDA: peak allocated;
 CPU: peak RSS growth during training, from getrusage), and the speed-up over stage 2 against the
@@ -16,7 +16,7 @@ bound that FLOP counting allows. With E and D the forward FLOPs of the encoder a
     stage 1, cached encoder        3D     bound: (3E + 3D) / 3D
 
 Each row also gives the update's achieved GFLOP/s (those FLOPs over its time) and that as a share of
-this machine's measured matrix-product peak for the --amp dtype (tools/gemm_peak.py).
+this machine's measured matrix-product peak for the --amp dtype (tools/maintainers/gemm_peak.py).
 
 Stage 1 also saves the encoder's gradients and Adam state (12 bytes per encoder parameter: fp32
 gradient + two fp32 moments) and the encoder activations kept for backward. The weights are random
@@ -37,13 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gemm_peak import describe, measure_peaks
 from nmt.cpu.gemm import use_onednn
 from nmt.model.bert import BertConfig
 from nmt.model.loss import label_smoothed_nll_loss
 from nmt.model.seq2seq import ModelSpec, build_model
 from nmt.text.vocab import Vocab
 from nmt.train.encoder_cache import EncoderCache
+
+if not __package__:          # run as a script, not imported: the repo root, for tools.maintainers
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.maintainers.gemm_peak import describe, measure_peaks  # noqa: E402
 
 CONFIGS = ("stage2", "stage1", "stage1-cached", "hf")
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,

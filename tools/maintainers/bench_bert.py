@@ -1,6 +1,6 @@
 """Benchmark: checkpoint conversion time, CRC32C speed, and encoder forward tokens/s vs HF.
 
-    python tools/bench_bert.py --threads 1 --repeats 5
+    python tools/maintainers/bench_bert.py --threads 1 --repeats 5
 
 Conversion: ``read_bert_dir`` + ``save_native`` on the TF dir (../shared, CRC32C verified) and on
 the installed HF package dir. Forward: our ``BertEncoder`` and ``transformers.BertModel`` (default
@@ -29,7 +29,7 @@ from nmt.weights.pretrained import (
     read_bert_dir,
     save_native,
 )
-from nmt.weights.tf_checkpoint import crc32c
+from nmt.weights.crc32c import crc32c
 
 TF_DIR = REPO.parent / "shared" / "bert" / "minilm-l6-h384-uncased-tf"
 IWSLT = REPO.parent / "shared" / "iwslt15-en-vi" / "tst2012.en"

@@ -12,10 +12,10 @@ fastest of ``--repeats`` runs per system, the systems taking turns. ``--compute-
 precisions as CTranslate2 does (``translate.py --compute-type``): float32, bfloat16 (GPUs and CPUs
 with bf16 instructions; CTranslate2 has no bf16 on the CPU) and int8 (CPU). Each row also gives the
 achieved GFLOP/s (the search's matrix-product FLOPs, counted once on the fp32 model, over its time)
-and that as a share of this machine's measured peak for the compute type (tools/gemm_peak.py).
+and that as a share of this machine's measured peak for the compute type (tools/maintainers/gemm_peak.py).
 
-    python tools/bench_translate.py --threads 1 --repeats 3 --json bench.jsonl   # the README's table
-    python tools/bench_translate.py --device cuda --sentences 256 --compute-types float32,bfloat16
+    python tools/maintainers/bench_translate.py --threads 1 --repeats 3 --json bench.jsonl   # the README's table
+    python tools/maintainers/bench_translate.py --device cuda --sentences 256 --compute-types float32,bfloat16
 
 transformers and ctranslate2 are benchmark-only dependencies (ctranslate2 is optional: skipped
 with a note when it is not installed).
@@ -32,10 +32,13 @@ from pathlib import Path
 import torch
 
 from nmt.cpu.allocator import keep_freed_memory
-from gemm_peak import describe, measure_peaks
 from nmt.cpu.inference_linear import COMPUTE_TYPES, check_compute_type, prepare_for_translation
 from nmt.decode.beam_search import beam_search, greedy_search
 from nmt.model.seq2seq import ModelSpec, build_model
+
+if not __package__:          # run as a script, not imported: the repo root, for tools.maintainers
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.maintainers.gemm_peak import describe, measure_peaks  # noqa: E402
 
 H, HEADS, FFN, LAYERS, SRC_VOCAB, TGT_VOCAB = 384, 12, 1536, 6, 30522, 16000
 

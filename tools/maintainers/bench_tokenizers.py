@@ -6,8 +6,8 @@ transformers.BertTokenizer): lines/s, text -> ids, single-threaded. BPE (nmt.tex
 present, data/demo/**/*.gz. Test/benchmark-only packages (bert-tensorflow, transformers,
 subword-nmt) come from requirements-dev.txt.
 
-    python tools/bench_tokenizers.py                  # everything, default settings
-    python tools/bench_tokenizers.py --repeats 5 --merges 8000
+    python tools/maintainers/bench_tokenizers.py                  # everything, default settings
+    python tools/maintainers/bench_tokenizers.py --repeats 5 --merges 8000
 
 Times are CPU seconds of this process (time.process_time: fair on a shared machine, and the
 Rust tokenizer is held to one thread), each the best of --repeats runs. "cold" means a fresh tokenizer (empty per-word
