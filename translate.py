@@ -21,19 +21,24 @@ line. With ``--reference`` the corpus BLEU and sacrebleu signature are printed o
 ``--sampling`` (with ``--sampling-topk``/``--sampling-topp``/``--temperature``/``--seed``) samples
 instead of searching and ``--no-repeat-ngram-size`` blocks repeated n-grams, both as in fairseq.
 ``--output`` is checked before anything is loaded (its directory must exist and be writable) and
-written atomically, so a failure leaves no partial file; nonsense numbers (``--lenpen nan``) and a
-device that is not there (``--device cuda`` without CUDA) are one ``error:`` line, exit status 2.
+written atomically, so a failure leaves no partial file; nonsense numbers (``--lenpen nan``), a
+device that is not there (``--device cuda`` without CUDA) and a full disk are one ``error:`` line, exit
+status 2. Ctrl-C, SIGTERM and SIGHUP stop it with one line and 128 + the signal (130, 143, 129),
+removing the temporary ``--output`` file.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
 import select
+import signal
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -201,12 +206,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def open_output(path: str | None) -> Iterator[IO[str]]:
-    """stdout, or ``path`` written atomically (no partial file if anything fails)."""
-    if path is None:
-        yield sys.stdout
-        return
-    with atomic_write(path, "w") as f:
-        yield f
+    """stdout, or ``path`` written atomically (no partial file if anything fails). A full disk (or
+    quota) while writing is an error naming the output: the OS's own says no file name."""
+    try:
+        with contextlib.nullcontext(sys.stdout) if path is None else atomic_write(path, "w") as f:
+            yield f
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = f"{path} is as it was" if path else "the output is incomplete"
+        raise TranslateError(f"{path or '<stdout>'}: no space left on the device ({e.strerror}) while writing "
+                             f"the translations; {kept}: free some space, then run the same command again") from None
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` runs (the
+    temporary --output file is removed) and main exits with one line and 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_on_stop_signals() -> dict:
+    """SIGTERM and SIGHUP raise :class:`Stopped` (one ignored at start, as under nohup, stays ignored);
+    returns the handlers to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise Stopped(signum)
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 def translate_stream(translator: Translator, args: argparse.Namespace, warn: Callable[[str], None],
@@ -243,6 +274,8 @@ def main(argv=None) -> int:
     if demo_run:
         args.checkpoint = str(DEFAULT_RUN.with_name(demo_name(args.pair)))
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)   # noqa: E731
+    written = False                               # --output complete: an interrupt later leaves it
+    previous = raise_on_stop_signals()
     try:
         check_numbers(args)
         if args.output:
@@ -265,6 +298,7 @@ def main(argv=None) -> int:
         interactive = args.input is None and sys.stdin.isatty()
         with tqdm(file=sys.stderr, unit="sent", disable=args.quiet or interactive, desc="translating") as bar:
             hypotheses = translate_stream(translator, args, warn, bar)
+        written = True
         if references is not None:
             from nmt.metrics import check_parallel, corpus_bleu
             check_parallel([(args.input or "<stdin>", hypotheses), (args.reference, references)])
@@ -273,6 +307,15 @@ def main(argv=None) -> int:
     except (NmtError, OSError) as e:     # a user error or the disk: one line; anything else is a bug
         print(error_line(e), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:       # Ctrl-C, SIGTERM, SIGHUP
+        signum = getattr(e, "signum", signal.SIGINT)
+        lost = f": {args.output} not written (no partial file; a previous one is kept)"
+        print(f"interrupted by {signal.Signals(signum).name}{lost if args.output and not written else ''}",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     return 0
 
 

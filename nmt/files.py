@@ -35,12 +35,15 @@ previous file intact and no partial file behind:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
 import signal
 from pathlib import Path
 from typing import IO, Iterator
+
+from nmt.errors import NmtError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo"          # en-de/{train,dev,test}.{en,de}.gz, en-vi/...
@@ -184,3 +187,52 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy ``src`` to ``dst`` atomically (e.g. checkpoint_last.pt -> checkpoint_best.pt)."""
     with open(src, "rb") as source, atomic_write(dst) as target:
         shutil.copyfileobj(source, target)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str, error: type[NmtError] = NmtError) -> Iterator[None]:
+    """Hold the lock file ``path`` (``fcntl.flock``, exclusive) for the block: one writer per run
+    stage or data directory. The OS releases it when the holder exits or is killed, so a kill -9
+    leaves nothing to clean up (its file, if left, is taken over). The holder's PID is written into
+    the file; a second writer gets ``error`` naming that PID (``what``: the directory the lock
+    guards). Readers take no lock. The file is removed when the block ends.
+
+    >>> import tempfile
+    >>> lock = Path(tempfile.mkdtemp()) / ".lock"
+    >>> with exclusive_lock(lock, "run/decoder"):
+    ...     try:
+    ...         with exclusive_lock(lock, "run/decoder"):
+    ...             pass
+    ...     except NmtError as e:
+    ...         str(e).startswith(f"run/decoder is being written by another process (PID {os.getpid()},")
+    True
+    >>> lock.exists()
+    False
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise error(f"{what} is being written by another process (PID {holder}, holding {path}): wait for it "
+                        f"to end or stop it; two writers would mix their files") from None
+        try:
+            mine = os.stat(path)
+        except FileNotFoundError:
+            mine = None
+        opened = os.fstat(fd)
+        if mine is not None and (mine.st_dev, mine.st_ino) == (opened.st_dev, opened.st_ino):
+            break
+        os.close(fd)            # its holder removed this file as we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)     # before the release: a writer still holding the old file sees it gone
+        os.close(fd)

@@ -13,7 +13,7 @@ import torch
 
 import train as train_cli
 from nmt.data.binarized import SplitWriter, collate
-from nmt.errors import ConfigError, DivergedError
+from nmt.errors import ConfigError, DivergedError, TrainingError
 from nmt.model.bert import BertConfig, BertEncoder
 from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
 from nmt.train.config import TrainConfig, compose_config
@@ -259,7 +259,7 @@ def test_checkpoint_last_records_the_owed_work_and_a_resume_does_it_once(work, t
 
 def test_a_resumed_run_keeps_its_warmup_and_the_model_is_set_to_its_stage_once(work, tmp_path, monkeypatch):
     """The warm-up is decided in one place (nmt/train/schedule.py: warmup_steps_for): --warmup-reference
-    epochs scaled by the LR, or, resumed, what the checkpoint says unless --warmup-steps/epochs is given."""
+    epochs scaled by the LR, or, resumed, what the checkpoint says (a resume that changes them is refused)."""
     from nmt.model.seq2seq import Seq2Seq
     from nmt.weights.checkpoint import save_checkpoint
     stages = []
@@ -275,8 +275,9 @@ def test_a_resumed_run_keeps_its_warmup_and_the_model_is_set_to_its_stage_once(w
     state["schedule"]["warmup_steps"] = 7                    # as if saved by a job of another world size
     save_checkpoint(path, state)
     assert setup(dataclasses.replace(cfg, resume=True), print_fn=quiet).warmup_steps == 7
-    assert setup(dataclasses.replace(cfg, resume=True, warmup_steps=4), print_fn=quiet).warmup_steps == 4
-    assert setup(dataclasses.replace(cfg, resume=True, warmup_epochs=1.0), print_fn=quiet).warmup_steps == 5
+    for changed in ({"warmup_steps": 4}, {"warmup_epochs": 1.0}):    # the schedule must stay the checkpoint's
+        with pytest.raises(TrainingError, match="--warmup-"):
+            setup(dataclasses.replace(cfg, resume=True, **changed), print_fn=quiet)
 
 
 def test_token_batching_holds_max_sentences_on_average(work, tmp_path):

@@ -43,7 +43,8 @@ Resumable: per-system results go to ``OUT/NAME/result.json``; a rerun with the s
 finished systems and continues unfinished training from its ``checkpoint_last.pt``. The tables go
 to ``OUT/results.md`` and stdout (a run without a result yet shows as "unfinished", with its
 best dev PPL, epochs and CPU minutes so far). Bad input: ``error: ...`` and exit status 2; Ctrl-C
-saves the current run (exit status 130; run the same command again to continue).
+saves the current run (SIGTERM and SIGHUP too: exit status 128 + the signal, 130 for Ctrl-C; run the
+same command again to continue).
 
 A recipe search (e.g. the control's dropout, chosen on the dev set): ``--train-only`` with
 ``--set FIELD=VALUE`` and one ``--out`` per setting trains without decoding anything, so no test
@@ -227,7 +228,8 @@ def epoch_records(stage_out: Path) -> list[dict]:
 
 def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
     """Train one run to the end (or continue it); returns its train.json record. A finished run
-    (train.json present) is not trained again."""
+    (train.json present) is not trained again. Holds the stage's lock while it trains (one writer)."""
+    from nmt.train.assemble import stage_lock
     from nmt.train.trainer import setup
     stage_out = run_dir / cfg.stage
     record_path = stage_out / "train.json"
@@ -240,8 +242,9 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
     before = float(seconds_path.read_text()) if seconds_path.is_file() else 0.0
     t0 = time.time()
     try:
-        trainer = setup(cfg, print_fn=print_fn)
-        why = trainer.fit()
+        with stage_lock(cfg):
+            trainer = setup(cfg, print_fn=print_fn)
+            why = trainer.fit()
         record = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step}
     except DivergedError as e:                  # a result of the study, not an input error
         record = {"stop": "diverged", "error": str(e)}
@@ -810,6 +813,8 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from nmt.train.run_state import raise_on_stop_signals, restore_signals, signal_name, stop_status
+    stop_handlers = raise_on_stop_signals()      # SIGTERM, SIGHUP as Ctrl-C; training saves its run first
     try:
         experiment = make_experiment(args)
         experiment.log(f"experiment in {experiment.out}: systems {', '.join(s.name for s in experiment.selected)}")
@@ -817,9 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NmtError, OSError) as e:     # ExperimentError, the library's errors, the disk
         print(error_line(e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:       # 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
+        print(f"interrupted by {signal_name(stop_status(e) - 128)}: run the same command again to continue",
+              file=sys.stderr)
+        return stop_status(e)
+    finally:
+        restore_signals(stop_handlers)
     return 0
 
 

@@ -163,7 +163,64 @@ def read_meta(directory: str | Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise DataError(f"{path}: format {found!r}, expected {FORMAT!r}; {_rerun_hint()}")
+    check_meta(meta, path)
     return meta
+
+
+def _meta_field(meta: dict, path: Path, keys: tuple[str, ...], kind, what: str, required: bool = True):
+    """meta[keys[0]][keys[1]]..., a DataError naming the file and the dotted field unless it is
+    present (when ``required``) and ``kind`` (a type, or a predicate for numbers); None if absent."""
+    value = meta
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            if not required and isinstance(value, dict) and i == len(keys) - 1:
+                return None
+            raise DataError(f"{path}: no field {'.'.join(keys)}; {_rerun_hint()}")
+        value = value[key]
+    ok = kind(value) if not isinstance(kind, type) else isinstance(value, kind)
+    if not ok:
+        raise DataError(f"{path}: field {'.'.join(keys)} is {value!r:.100}, expected {what}; {_rerun_hint()}")
+    return value
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _file_entry(meta: dict, path: Path, keys: tuple[str, ...]) -> None:
+    _meta_field(meta, path, keys, dict, "an object with bytes and sha256")
+    _meta_field(meta, path, (*keys, "bytes"), _count, "a byte count")
+    _meta_field(meta, path, (*keys, "sha256"), str, "a sha256 hex string")
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """Every field of meta.json that the readers index into, checked once when it is read, so that a
+    missing entry or a wrong type is a DataError naming the file and the field, not a KeyError or a
+    TypeError later: splits (pairs, the five files of each, inputs), files, source and target
+    (vocab_size, vocab_sha256, kind, mode), settings."""
+    for name in _meta_field(meta, path, ("splits",), dict, "an object of splits"):
+        split = ("splits", name)
+        _meta_field(meta, path, split, dict, "an object")
+        _meta_field(meta, path, (*split, "pairs"), _count, "a pair count")
+        _meta_field(meta, path, (*split, "files"), dict, "an object of files")
+        for side in SIDES:
+            for ext in ("bin", "idx"):
+                _file_entry(meta, path, (*split, "files", f"{name}.{side}.{ext}"))
+        _file_entry(meta, path, (*split, "files", f"{name}.lines.bin"))
+        for key in ("src_tokens", "tgt_tokens"):
+            _meta_field(meta, path, (*split, key), _count, "a token count", required=False)
+        inputs = _meta_field(meta, path, (*split, "inputs"), dict, "an object of file names", required=False)
+        for side in inputs or {}:
+            _meta_field(meta, path, (*split, "inputs", side), str, "a file name")
+    for name in _meta_field(meta, path, ("files",), dict, "an object of files", required=False) or {}:
+        _file_entry(meta, path, ("files", name))
+    for side in ("source", "target"):
+        if _meta_field(meta, path, (side,), dict, "an object", required=False) is not None:
+            _meta_field(meta, path, (side, "vocab_size"), lambda v: _count(v) and v > 0, "a vocabulary size")
+            _meta_field(meta, path, (side, "vocab_sha256"), str, "a sha256 hex string", required=False)
+            for key in ("kind", "mode"):
+                _meta_field(meta, path, (side, key), str, "a name", required=False)
+    _meta_field(meta, path, ("settings",), dict, "an object", required=False)
 
 
 def _check_file(directory: Path, name: str, entry: dict, verify: bool) -> Path:
@@ -202,11 +259,12 @@ def read_json_file(directory: str | Path, name: str, verify: bool = True) -> dic
 def check_source_vocab(directory: str | Path, vocab_tokens: Sequence[str]) -> None:
     """Raise if the data was prepared with another source vocabulary than the model's (e.g. another BERT)."""
     meta = read_meta(directory)
-    stored = meta["source"]
+    stored = meta.get("source", {})
+    _meta_field(meta, Path(directory) / "meta.json", ("source", "vocab_sha256"), str, "a sha256 hex string")
     if vocab_fingerprint(vocab_tokens) != stored["vocab_sha256"]:
         raise DataError(
             f"{Path(directory) / 'meta.json'}: the data was prepared with a different source vocabulary "
-            f"({stored['vocab_size']} tokens, kind {stored['kind']!r}) than the model's ({len(vocab_tokens)} "
+            f"({stored['vocab_size']} tokens, kind {stored.get('kind')!r}) than the model's ({len(vocab_tokens)} "
             f"tokens); re-run tools/prepare_data.py with the same --bert as the model, or point to the "
             f"matching data directory")
 
@@ -253,7 +311,8 @@ class ParallelData:
 
     def _check_id_ranges(self) -> None:
         for side, key in (("src", "source"), ("tgt", "target")):
-            ids, size = self._bin[side], int(self.meta[key]["vocab_size"])
+            ids = self._bin[side]
+            size = _meta_field(self.meta, self.directory / "meta.json", (key, "vocab_size"), int, "a vocabulary size")
             if len(ids) and (ids.min() < 0 or ids.max() >= size):
                 at = int(np.argmax((ids < 0) | (ids >= size)))
                 raise DataError(f"{self.directory / f'{self.split}.{side}.bin'}: id {int(ids[at])} at position {at} "
@@ -427,8 +486,11 @@ def split_text(data_dir: str | Path, split: str) -> tuple[list[str], list[str], 
     """(source lines, reference lines, a display name such as "tst2013") of a prepared split, read
     from the original text files recorded in its meta.json: every line, so BLEU is over the whole
     set as released (prepare_data may have dropped empty or overlong pairs from the binarized data)."""
-    from nmt.data.binarized import read_meta
-    inputs = read_meta(Path(data_dir))["splits"][split].get("inputs", {})
+    splits = read_meta(Path(data_dir))["splits"]
+    if split not in splits:
+        raise DataError(f"{Path(data_dir) / 'meta.json'}: no split {split!r} (has: {', '.join(sorted(splits))}); "
+                        f"prepare it with tools/prepare_data.py")
+    inputs = splits[split].get("inputs", {})
     sides = []
     for side in ("src", "tgt"):
         path = Path(inputs.get(side, ""))

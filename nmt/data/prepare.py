@@ -63,7 +63,7 @@ from nmt.data.binarized import (
     write_json,
 )
 from nmt.errors import DataError
-from nmt.files import DEMO_DIR, atomic_write, remove_stale_temporaries
+from nmt.files import DEMO_DIR, atomic_write, exclusive_lock, remove_stale_temporaries
 from nmt.text.bpe import BPE, learn_bpe
 from nmt.text.lines import open_text_lines
 from nmt.text.pipeline import MODES, SourcePipeline, TargetPipeline, pre_bpe_tokens
@@ -108,7 +108,8 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
     Splits are named "train", "valid" and "test", "test1", ... in the order of test_prefixes.
     With ``reuse=True`` an existing ``out`` prepared from the same inputs and settings is returned
     as is (train.py uses this for its cached demo data). ``lowercase``: --uncased (True) / --cased
-    (False); None: as the BERT says.
+    (False); None: as the BERT says. One preparation of ``out`` at a time: a second one while the
+    first writes is a DataError naming its PID (the lock ``.OUT.lock`` beside it, nmt.files.exclusive_lock).
     """
     out = Path(out)
     if target_mode not in MODES:
@@ -137,21 +138,40 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
     settings = {"inputs": {name: _input_fingerprint(f) for name, f in files.items()}, "src": src, "tgt": tgt,
                 "target_mode": target_mode, "source": source_settings, "bpe_merges": bpe_merges,
                 "max_len": max_len, "min_frequency": min_frequency}
-    if reuse and (out / "meta.json").is_file():
-        try:
-            meta = read_meta(out)
-        except DataError:
-            meta = None
-        if meta is not None and meta.get("settings") == settings:
-            print_fn(f"using prepared data in {out}")
+    if reuse and (meta := reusable(out, settings, print_fn)) is not None:
+        return meta
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out.parent / f".{out.name}.lock", str(out), error=DataError):   # one writer of out
+        if reuse and (meta := reusable(out, settings, print_fn)) is not None:      # by a process just ended
             return meta
+        return _prepare_locked(out, files, settings, target_mode=target_mode, bpe_merges=bpe_merges,
+                               source_merges=source_merges, min_frequency=min_frequency, source=source,
+                               max_len=max_len, max_positions=max_positions, print_fn=print_fn)
 
+
+def reusable(out: Path, settings: dict, print_fn: Callable[[str], None]) -> dict | None:
+    """The meta.json of ``out`` when it was prepared from the same inputs and settings, else None."""
+    if not (out / "meta.json").is_file():
+        return None
+    try:
+        meta = read_meta(out)
+    except DataError:
+        return None
+    if meta.get("settings") != settings:
+        return None
+    print_fn(f"using prepared data in {out}")
+    return meta
+
+
+def _prepare_locked(out: Path, files: dict, settings: dict, *, target_mode: str, bpe_merges: int,
+                    source_merges: int | None, min_frequency: int, source, max_len: int, max_positions: int,
+                    print_fn: Callable[[str], None]) -> dict:
+    """:func:`prepare`'s passes, under the lock of ``out``: built in .OUT.tmp-PID, renamed into place."""
     t0 = time.time()
     stats = {name: SplitStats(name, str(s), str(t)) for name, (s, t) in files.items()}
     target_bpe, source_bpe_codes = learn_codes(*files["train"], target_mode=target_mode, bpe_merges=bpe_merges,
                                                source_merges=source_merges, min_frequency=min_frequency,
                                                print_fn=print_fn)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(out.parent, also=(), names=f".{out.name}.tmp-*"):
         print_fn(f"removed {stale}, left behind by an interrupted preparation")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

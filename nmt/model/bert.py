@@ -45,6 +45,15 @@ from torch import nn
 
 from nmt.cpu.attention import scaled_dot_product_attention
 from nmt.errors import CheckpointError
+from nmt.model.limits import (
+    MAX_LAYERS,
+    MAX_POSITIONS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    check_heads,
+    check_positive_float,
+    check_probability,
+)
 
 
 @dataclass
@@ -67,24 +76,25 @@ class BertConfig:
         self.validate()
 
     def validate(self, source: str = "<config>") -> None:
-        """Raise CheckpointError unless every field has a usable value."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        """Raise CheckpointError unless every field has a usable value: sizes positive and within
+        nmt/model/limits.py's bounds (checked before anything is allocated), heads dividing the width."""
+        for name, high in (("vocab_size", MAX_VOCAB), ("hidden_size", MAX_WIDTH), ("num_hidden_layers", MAX_LAYERS),
+                           ("num_attention_heads", MAX_WIDTH), ("intermediate_size", MAX_WIDTH),
+                           ("max_position_embeddings", MAX_POSITIONS), ("type_vocab_size", MAX_VOCAB)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CheckpointError(f"{source}: {name} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise CheckpointError(f"{source}: hidden_size {self.hidden_size} is not divisible by "
-                                  f"num_attention_heads {self.num_attention_heads}")
+            if value > high:
+                raise CheckpointError(f"{source}: {name} {value:,} is above the limit of {high:,} "
+                                      f"(a damaged or foreign config?)")
+        check_heads(self.hidden_size, self.num_attention_heads, "hidden_size", "num_attention_heads", source,
+                    CheckpointError)
         if self.hidden_act != "gelu":
             raise CheckpointError(f"{source}: hidden_act {self.hidden_act!r} is not supported; "
                                   "BERT uses exact erf GELU (\"gelu\")")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise CheckpointError(f"{source}: {name} must be in [0, 1), got {value!r}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise CheckpointError(f"{source}: layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+            check_probability(getattr(self, name), name, source, CheckpointError)
+        check_positive_float(self.layer_norm_eps, "layer_norm_eps", source, CheckpointError)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "BertConfig":

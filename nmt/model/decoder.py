@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.cpu.attention import scaled_dot_product_attention
+from nmt.model.limits import check_layer_config, config_from_dict
 from nmt.text.vocab import Vocab
 
 
@@ -63,8 +64,11 @@ class DecoderConfig:
     max_positions: int = 1024       # longest target prefix the position table covers
 
     def __post_init__(self):
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"decoder embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        self.validate()
+
+    def validate(self, where: str = "decoder config") -> None:
+        """ModelSpecError unless the sizes are in bounds and the heads divide the width (nmt/model/limits.py)."""
+        check_layer_config(self, where)
 
     @classmethod
     def matching(cls, hidden_size: int, num_heads: int, **overrides) -> "DecoderConfig":
@@ -79,11 +83,9 @@ class DecoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown decoder config keys {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "decoder config") -> "DecoderConfig":
+        """From a checkpoint's model spec; ModelSpecError (naming ``where``) for a bad dict."""
+        return config_from_dict(cls, d, where, "decoder")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from nmt.errors import ModelSpecError
+from nmt.errors import CheckpointError, ModelSpecError
 from nmt.model.decoder import DecoderConfig, TransformerDecoder, fairseq_embedding_init_
+from nmt.model.limits import MAX_VOCAB, check_int
 from nmt.model.loss import projected_label_smoothed_nll_loss
 from nmt.model.transformer_encoder import (
     BASELINE_SHAPES,
@@ -90,15 +91,36 @@ class ModelSpec:
         return spec
 
     def validate(self, what: str = "model spec") -> None:
+        """ModelSpecError, naming ``what`` and the field, unless the network can be built: a known arch,
+        vocabulary sizes within nmt/model/limits.py's bounds, a pad id inside the source vocabulary,
+        valid encoder/decoder configs of one width (BERT's vocabulary is the source's). Nothing is
+        allocated, so a damaged spec (``tgt_vocab_size`` 1e10) fails here, not in ``nn.Embedding``."""
         if self.arch not in ARCHS:
             raise ModelSpecError(f"{what}: unknown arch {self.arch!r}; expected one of {list(ARCHS)}")
-        if self.arch == "bert" and not self.bert_config:
-            raise ModelSpecError(f"{what}: arch 'bert' needs bert_config")
-        if self.arch != "bert" and not self.encoder:
-            raise ModelSpecError(f"{what}: arch {self.arch!r} needs an encoder config")
         for name in ("src_vocab_size", "tgt_vocab_size"):
-            if int(getattr(self, name)) <= Vocab.UNK:
-                raise ModelSpecError(f"{what}: {name} {getattr(self, name)} is too small")
+            check_int(getattr(self, name), name, what, MAX_VOCAB, low=Vocab.UNK + 1)
+        check_int(self.src_pad_id, "src_pad_id", what, self.src_vocab_size - 1, low=0)
+        decoder = DecoderConfig.from_dict(self.decoder, where=f"{what}: decoder")
+        if self.arch == "bert":
+            if not self.bert_config:
+                raise ModelSpecError(f"{what}: arch 'bert' needs bert_config")
+            from nmt.model.bert import BertConfig     # lazy: keeps the baselines independent of BERT
+            try:
+                bert = BertConfig.from_dict(self.bert_config, source=f"{what}: bert_config")
+            except CheckpointError as e:
+                raise ModelSpecError(str(e)) from None
+            width, widths = bert.hidden_size, "bert_config hidden_size"
+            if bert.vocab_size != self.src_vocab_size:
+                raise ModelSpecError(f"{what}: src_vocab_size {self.src_vocab_size} differs from bert_config "
+                                     f"vocab_size {bert.vocab_size} (the source vocabulary is BERT's)")
+        else:
+            if not self.encoder:
+                raise ModelSpecError(f"{what}: arch {self.arch!r} needs an encoder config")
+            width = TransformerEncoderConfig.from_dict(self.encoder, where=f"{what}: encoder").embed_dim
+            widths = "encoder embed_dim"
+        if decoder.embed_dim != width:
+            raise ModelSpecError(f"{what}: decoder embed_dim {decoder.embed_dim} differs from the {widths} "
+                                 f"{width}; the decoder attends to the encoder's output, so they must be equal")
 
 
 class Seq2Seq(nn.Module):
@@ -154,7 +176,7 @@ class Seq2Seq(nn.Module):
 
 def build_model(spec: ModelSpec) -> Seq2Seq:
     """A freshly initialized network (BERT weights are loaded separately, e.g. nmt.weights.pretrained)."""
-    spec.validate()
+    spec.validate()               # every size checked before anything is allocated
     decoder = TransformerDecoder(DecoderConfig.from_dict(spec.decoder), spec.tgt_vocab_size, Vocab.PAD)
     if spec.arch == "bert":
         from nmt.model.bert import (  # lazy: keeps the baselines independent of BERT
@@ -162,8 +184,6 @@ def build_model(spec: ModelSpec) -> Seq2Seq:
             BertEncoder,
         )
         encoder = BertEncoder(BertConfig.from_dict(spec.bert_config))
-        if encoder.config.hidden_size != decoder.config.embed_dim:
-            raise ModelSpecError(f"BERT width {encoder.config.hidden_size} != decoder width {decoder.config.embed_dim}")
     else:
         encoder = TransformerEncoder(TransformerEncoderConfig.from_dict(spec.encoder), spec.src_vocab_size,
                                      spec.src_pad_id)

@@ -34,6 +34,7 @@ from nmt.model.decoder import (
     sinusoidal_table,
     xavier_init_,
 )
+from nmt.model.limits import check_layer_config, config_from_dict
 
 
 @dataclass
@@ -48,18 +49,19 @@ class TransformerEncoderConfig:
     max_positions: int = 1024        # longest source (ids incl. EOS) the position table covers
 
     def __post_init__(self):
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"encoder embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        self.validate()
+
+    def validate(self, where: str = "encoder config") -> None:
+        """ModelSpecError unless the sizes are in bounds and the heads divide the width (nmt/model/limits.py)."""
+        check_layer_config(self, where)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransformerEncoderConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown encoder config keys {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "encoder config") -> "TransformerEncoderConfig":
+        """From a checkpoint's model spec; ModelSpecError (naming ``where``) for a bad dict."""
+        return config_from_dict(cls, d, where, "encoder")
 
 
 # baseline shapes: name -> (encoder layers, decoder layers, H, heads, FFN)

@@ -3,29 +3,42 @@ first use, nmt/data/prepare.py), the text pipelines, and the model the stage sta
 weights and a new decoder (stage 1, direct), a fresh baseline (scratch), the stage-1 best checkpoint
 (fine-tuning) or the checkpoint to resume. Nothing here trains; nmt/train/trainer.py does (and sets
 the model to its stage: Seq2Seq.set_stage runs there, once).
+
+The stage directory's rules live here too: one writer at a time (:func:`stage_lock`, taken by
+train.py and tools/run_experiments.py for the whole stage); a stage that holds a run is continued
+(``--resume``, with the settings that must match checked against the checkpoint:
+nmt.train.config.RESUME_RULE) or started over (``--overwrite``, the old files kept in
+``STAGE.previous-N/``), never replaced silently.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 from nmt.data.binarized import ParallelData, read_meta
 from nmt.data.prepare import prepare_demo
 from nmt.cpu.inference_linear import cpu_has_bf16
-from nmt.errors import TrainingError
-from nmt.files import remove_stale_temporaries, stage_dir
+from nmt.errors import NmtError, TrainingError
+from nmt.files import exclusive_lock, remove_stale_temporaries, stage_dir
 from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
 from nmt.train.config import (
+    MAY_CHANGE,
+    MUST_MATCH,
+    RESUME_RULE,
     TrainConfig,
     default_run_dir,
     demo_bpe_merges,
     demo_data_dir,
+    describe_differences,
+    resume_differences,
+    show_setting,
 )
 from nmt.train.distributed import DistContext
 from nmt.weights.checkpoint import (
@@ -80,8 +93,15 @@ def prepare_run(cfg: TrainConfig, print_fn: Callable[[str], None], master_proces
     """What nmt/train/trainer.py's ``setup`` does before building the Trainer: the config validated and
     as the run trains with it (--amp auto resolved for the device: checkpoints record it), the run
     assembled, rank 0 first (it may write shared files: demo data, converted BERT), after removing
-    what a killed run left in the stage directory."""
+    what a killed run left in the stage directory. A stage directory that holds a run is refused
+    unless --resume (continue it) or --overwrite (its files set aside first)."""
     cfg.validate()
+    out_dir = stage_dir(default_run_dir(cfg), cfg.stage)
+    held = None if cfg.resume else existing_run(out_dir)      # every rank reads it: all refuse alike
+    if held is not None and not cfg.overwrite:
+        raise TrainingError(f"{out_dir} already holds a run of stage {cfg.stage} ({held}): continue it with "
+                            f"--resume, or start it over with --overwrite (its files are then kept in "
+                            f"{aside_dir(out_dir)}/)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = dist.device if dist is not None else resolve_device(cfg.device)
@@ -90,12 +110,163 @@ def prepare_run(cfg: TrainConfig, print_fn: Callable[[str], None], master_proces
         print_fn(f"--amp auto: {'bfloat16 autocast, this CPU has bf16 instructions' if amp == 'bfloat16' else 'off'}"
                  f" (--amp off or bfloat16 to choose)")
     cfg = dataclasses.replace(cfg, amp=amp)
+    if cfg.resume:                              # before the data is read: compared as resolved (--amp)
+        check_resume(cfg, out_dir / "checkpoint_last.pt", print_fn if master_process else lambda *_: None)
     with dist.rank0_first() if dist is not None else contextlib.nullcontext():
         if master_process:                      # before any rank writes there
-            for path in remove_stale_temporaries(stage_dir(default_run_dir(cfg), cfg.stage)):
+            for path in remove_stale_temporaries(out_dir):
                 print_fn(f"removed {path}, left behind by an interrupted run")
+            if cfg.overwrite and not cfg.resume and stage_files(out_dir):
+                aside = set_aside(out_dir)
+                print_fn(f"--overwrite: stage {cfg.stage} starts over; the previous run's files"
+                         f"{f' ({held})' if held else ''} are kept in {aside}/")
         run = assemble_run(cfg, print_fn)
     return cfg, run, device
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stage directory: one writer, never replaced silently, --resume checked, --init found
+
+LOCK_FILE = ".lock"        # in the stage directory: fcntl.flock'ed by its writer, holds the writer's PID
+
+
+def stage_lock(cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """The lock of the stage ``cfg`` writes (RUN_DIR/STAGE/.lock, nmt.files.exclusive_lock), held by
+    train.py (rank 0 under torchrun) and tools/run_experiments.py for the whole stage: a second
+    writer of the same stage is a TrainingError naming the PID of the first. Validates ``cfg`` first."""
+    out_dir = stage_dir(default_run_dir(cfg.validate()), cfg.stage)
+    return exclusive_lock(out_dir / LOCK_FILE, str(out_dir), error=TrainingError)
+
+
+def stage_files(out_dir: Path) -> list[Path]:
+    """What a stage directory holds besides its lock."""
+    return sorted(p for p in out_dir.iterdir() if p.name != LOCK_FILE) if out_dir.is_dir() else []
+
+
+def checkpoint_header(path: Path) -> dict:
+    """A checkpoint's entries without its tensors' data (memory-mapped, so a large checkpoint costs
+    next to nothing): the config, counters and best scores. CheckpointError as load_checkpoint's."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:        # noqa: BLE001 -- read it whole instead: load_checkpoint names what is wrong
+        state = None
+    if not isinstance(state, dict) or "format" not in state:
+        state = load_checkpoint(path, required=())
+    return {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
+
+
+def existing_run(out_dir: Path) -> str | None:
+    """What a stage directory holds, in a few words ("best dev loss 4.708 at epoch 7; 10 epochs
+    trained, update 2340"), or None when it holds no checkpoint (nothing a new start would replace)."""
+    names = sorted(p.name for p in out_dir.glob("checkpoint_*.pt")) if out_dir.is_dir() else []
+    if not names:
+        return None
+    parts = []
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        if name not in names:
+            continue
+        try:
+            header = checkpoint_header(out_dir / name)
+        except NmtError:
+            parts.append(f"{name} unreadable")
+            continue
+        if name == "checkpoint_best.pt":
+            metric = header.get("config", {}).get("best_metric", "loss")
+            score = header.get(f"best_dev_{metric}")
+            parts.append(f"best dev {metric} {'none' if score is None else f'{score:.3f}'} at epoch "
+                         f"{header.get('epoch')}")
+        else:
+            within = f" and {header['batch_in_epoch']} batches" if header.get("batch_in_epoch") else ""
+            parts.append(f"{header.get('epoch')} epochs{within} trained, update {header.get('step')}")
+    return "; ".join(parts) or ", ".join(names)
+
+
+def aside_dir(out_dir: Path) -> Path:
+    """Where --overwrite keeps a stage's files: RUN_DIR/STAGE.previous-N, the first N not taken."""
+    n = 1
+    while out_dir.with_name(f"{out_dir.name}.previous-{n}").exists():
+        n += 1
+    return out_dir.with_name(f"{out_dir.name}.previous-{n}")
+
+
+def set_aside(out_dir: Path) -> Path:
+    """--overwrite: move the stage's files (all but its lock) to :func:`aside_dir`; nothing is deleted.
+    Each move is a rename; a kill part-way leaves the rest for the next --overwrite."""
+    aside = aside_dir(out_dir)
+    aside.mkdir()
+    for path in stage_files(out_dir):
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def continue_config(cfg: TrainConfig, given: Iterable[str], print_fn: Callable[[str], None] = print) -> TrainConfig:
+    """train.py --resume: the settings that must match or may change (nmt.train.config.RESUME_RULE)
+    and that the command line did not give are the checkpoint's, so ``--resume`` alone continues a run
+    as it was started and planned (its --max-epochs too); those it gave are compared with the
+    checkpoint's by :func:`check_resume`, and the machine's (device, threads, precision, progress)
+    are this command's. Says which values came from the checkpoint."""
+    if not cfg.resume:
+        return cfg
+    run_dir = default_run_dir(cfg)
+    path = stage_dir(run_dir, cfg.stage) / "checkpoint_last.pt"
+    if not path.is_file():
+        return cfg                              # assemble_run: "nothing to resume"
+    saved, given = checkpoint_header(path).get("config", {}), set(given)
+    taken = {name: saved[name] for name, rule in RESUME_RULE.items()
+             if rule in (MUST_MATCH, MAY_CHANGE) and name in saved and name not in given and name != "stage"}
+    changed = [(name, getattr(cfg, name), value) for name, value in taken.items() if getattr(cfg, name) != value]
+    if cfg.run_dir is None and any(name in ("data", "pair", "arch") for name, _, _ in changed):
+        taken["run_dir"] = str(run_dir)         # where the checkpoint was found, whatever its data is called
+    if changed:
+        print_fn("--resume: the checkpoint's settings, not given here: " + ", ".join(
+            f"--{name.replace('_', '-')} {show_setting(value)} (else {show_setting(default)})"
+            for name, default, value in changed))
+    return dataclasses.replace(cfg, **taken)
+
+
+def check_resume(cfg: TrainConfig, path: Path, print_fn: Callable[[str], None]) -> None:
+    """--resume continues the run the checkpoint ``path`` describes: a setting that must match and
+    differs is a TrainingError listing each with both values; the others that differ are said in one
+    line. Nothing to check without the file (assemble_run says there is nothing to resume)."""
+    if not path.is_file():
+        return
+    must, may = resume_differences(checkpoint_header(path).get("config", {}), cfg)
+    if must:
+        raise TrainingError(f"{path}: --resume with settings that must stay as the run started: "
+                            f"{describe_differences(must)}; drop those flags (the checkpoint's values apply), "
+                            f"or start the stage over with --overwrite")
+    if may:
+        print_fn(f"--resume with changed settings: {describe_differences(may)}")
+
+
+def init_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:
+    """The checkpoint --stage finetune starts from: --init as a file, or as a run directory (its
+    decoder/checkpoint_best.pt) or a stage directory (its checkpoint_best.pt); without --init, this
+    run's decoder/checkpoint_best.pt. A TrainingError names each path looked for."""
+    def only_last(best: Path) -> str:
+        last = best.with_name("checkpoint_last.pt")
+        return (f"; {last} exists: stage 1 has not finished an epoch yet (pass --init {last} to fine-tune from "
+                f"it anyway)") if last.is_file() else ""
+    if cfg.init is None:
+        path = stage_dir(run_dir, "decoder") / "checkpoint_best.pt"
+        if not path.is_file():
+            raise TrainingError(f"{path}: no stage-1 checkpoint to fine-tune (looked for it there: no --init was "
+                                f"given){only_last(path)}; train stage 1 first (train.py --stage decoder) or pass "
+                                f"--init with a stage-1 checkpoint file or run directory")
+        return path
+    given = Path(cfg.init)
+    if given.is_file():
+        return given
+    if not given.is_dir():
+        raise TrainingError(f"--init {given}: no such file or directory; pass a stage-1 checkpoint file "
+                            f"(RUN_DIR/decoder/checkpoint_best.pt) or its run directory")
+    looked = [stage_dir(given, "decoder") / "checkpoint_best.pt", given / "checkpoint_best.pt"]
+    found = next((c for c in looked if c.is_file()), None)
+    if found is None:
+        raise TrainingError(f"--init {given}: a directory without a stage-1 best checkpoint (looked for "
+                            f"{looked[0]} and {looked[1]}){only_last(looked[0])}; pass a stage-1 run directory or "
+                            f"checkpoint file")
+    return found
 
 
 def open_data(cfg: TrainConfig, print_fn: Callable[[str], None]) -> tuple[Path, ParallelData, ParallelData]:
@@ -201,10 +372,7 @@ def assemble_run(cfg: TrainConfig, print_fn: Callable[[str], None] = print) -> R
         print_fn(f"resuming from {path} (step {resume_state['step']}, epoch {resume_state['epoch'] + 1}, "
                  f"batch {resume_state['batch_in_epoch']})")
     elif cfg.stage == "finetune":
-        path = Path(cfg.init) if cfg.init else stage_dir(run_dir, "decoder") / "checkpoint_best.pt"
-        if not path.is_file():
-            raise TrainingError(f"{path}: no stage-1 checkpoint to fine-tune; train stage 1 first "
-                                f"(train.py --stage decoder) or pass --init PATH")
+        path = init_checkpoint(cfg, run_dir)
         init = load_checkpoint(path)
         check_vocabularies(init, source, target, path, data_dir)
         model, spec = model_from_checkpoint(init, path, encoder_dropout(cfg))

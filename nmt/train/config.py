@@ -31,82 +31,117 @@ from nmt.model.seq2seq import ARCHS, STAGES
 from nmt.train.schedule import PAPER_WARMUP_REFERENCE
 
 
-def flag(default, help: str):
-    """A TrainConfig field: its default and its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
+# Whether a setting may differ when a run is continued (--resume), declared with each field: what
+# the model is, what it learns from and how (architecture, data, batching, LR and schedule, seed,
+# dropout) must stay as the run started, or the checkpoint would no longer describe its model;
+# when it stops and what it keeps or reports (MAY_CHANGE) may be changed by a flag and are otherwise
+# the run's, so `--resume` alone continues the run as planned; the machine it runs on (THIS_COMMAND:
+# device, threads, precision, progress) is always the resuming command's. --resume and --overwrite
+# are the actions themselves. nmt/train/assemble.py compares (resume_differences below).
+MUST_MATCH, MAY_CHANGE, THIS_COMMAND, NOT_COMPARED = "must match", "may change", "this command's", "not compared"
+
+
+def flag(default, help: str, resume: str):
+    """A TrainConfig field: its default, its ``--help`` text and its rule on --resume (MUST_MATCH,
+    MAY_CHANGE, THIS_COMMAND or NOT_COMPARED)."""
+    assert resume in (MUST_MATCH, MAY_CHANGE, THIS_COMMAND, NOT_COMPARED), resume
+    return field(default=default, metadata={"help": help, "resume": resume})
 
 
 @dataclass
 class TrainConfig:
     # ---- what to train
     stage: str = flag("decoder", "decoder (stage 1: frozen BERT) | finetune (stage 2) | direct (BERT + new decoder "
-                                 "end to end) | scratch (Transformer baselines)")
-    arch: str = flag("bert", "bert | transformer-base | transformer-bert-size | transformer-minilm-size | transformer-small (the baselines "
-                             "train with --stage scratch)")
-    data: str | None = flag(None, "prepared data directory (tools/prepare_data.py); none: the embedded demo corpus")
-    pair: str = flag("en-de", "demo direction when --data is not given: en-de or en-vi")
-    bert: str | None = flag(None, "BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2")
+                                 "end to end) | scratch (Transformer baselines)", MUST_MATCH)
+    arch: str = flag("bert", "bert | transformer-base | transformer-bert-size | transformer-minilm-size | "
+                             "transformer-small (the baselines train with --stage scratch)", MUST_MATCH)
+    data: str | None = flag(None, "prepared data directory (tools/prepare_data.py); none: the embedded demo corpus",
+                            MUST_MATCH)
+    pair: str = flag("en-de", "demo direction when --data is not given: en-de or en-vi", MUST_MATCH)
+    bert: str | None = flag(None, "BERT model (native .pt, TF or HF dir); none: the installed all-MiniLM-L6-v2",
+                            MUST_MATCH)
     allow_casing_mismatch: bool = flag(False, "train although the data was prepared with another lower-casing than "
                                               "the BERT's (source.json vs the BERT's tokenizer_config.json, Google's "
-                                              "directory name or what its .pt records)")
-    init: str | None = flag(None, "finetune: the stage-1 checkpoint; none: RUN_DIR/decoder/checkpoint_best.pt")
+                                              "directory name or what its .pt records)", THIS_COMMAND)
+    init: str | None = flag(None, "finetune: the stage-1 checkpoint, a file or a run directory (its "
+                                  "decoder/checkpoint_best.pt); none: RUN_DIR/decoder/checkpoint_best.pt", MUST_MATCH)
     run_dir: str | None = flag(None, "run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH "
-                                     "for baselines)")
+                                     "for baselines)", THIS_COMMAND)
     resume: bool = flag(False, "continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, "
-                               "data position)")
+                               "data position); the settings of the model, data, batching and schedule stay the "
+                               "checkpoint's (a flag that changes one is refused), stopping and device flags apply",
+                        NOT_COMPARED)
+    overwrite: bool = flag(False, "start the stage over although RUN_DIR/STAGE holds a run; its files are kept in "
+                                  "RUN_DIR/STAGE.previous-N/, nothing is deleted", NOT_COMPARED)
     epoch_checkpoints: str | None = flag(None, 'also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" '
-                                               "(fine-tuning after N epochs of stage 1, the paper's Table 4)")
+                                               "(fine-tuning after N epochs of stage 1, the paper's Table 4)",
+                                         MAY_CHANGE)
     keep_last_epochs: int = flag(0, "keep checkpoint_epochN.pt of the last N epochs (older ones are removed unless "
-                                    "--epoch-checkpoints lists them), e.g. for tools/average_checkpoints.py; 0: none")
+                                    "--epoch-checkpoints lists them), e.g. for tools/average_checkpoints.py; 0: none",
+                                 MAY_CHANGE)
     best_metric: str = flag("loss", "the dev score that picks checkpoint_best.pt and drives early stopping: loss "
-                                    "(dev loss, lower is better) | bleu (greedy dev BLEU, higher; needs --dev-bleu)")
+                                    "(dev loss, lower is better) | bleu (greedy dev BLEU, higher; needs --dev-bleu)",
+                            MUST_MATCH)
     # ---- optimisation (paper, Table 2)
-    lr: float | None = flag(None, "peak learning rate; none: --train-lr (--finetune-lr for stage finetune)")
-    train_lr: float = flag(4e-4, "peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)")
-    finetune_lr: float = flag(8e-5, "peak LR of stage finetune when --lr is not given (paper: 8e-5)")
-    warmup_epochs: float | None = flag(None, "linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4")
+    lr: float | None = flag(None, "peak learning rate; none: --train-lr (--finetune-lr for stage finetune)", MUST_MATCH)
+    train_lr: float = flag(4e-4, "peak LR of stages decoder, direct and scratch when --lr is not given (paper: 4e-4)",
+                           MUST_MATCH)
+    finetune_lr: float = flag(8e-5, "peak LR of stage finetune when --lr is not given (paper: 8e-5)", MUST_MATCH)
+    warmup_epochs: float | None = flag(None, "linear warm-up in epochs; none: --warmup-reference scaled by LR/4e-4",
+                                       MUST_MATCH)
     warmup_reference: float = flag(PAPER_WARMUP_REFERENCE, "warm-up epochs at LR 4e-4 that other LRs scale from "
-                                                           "(paper: 5, so finetune at 8e-5 gets 1)")
-    warmup_steps: int | None = flag(None, "linear warm-up in updates (overrides --warmup-epochs)")
-    adam_beta1: float = flag(0.9, "Adam beta1")
-    adam_beta2: float = flag(0.99, "Adam beta2 (paper: 0.99)")
-    adam_eps: float = flag(1e-8, "Adam epsilon")
-    weight_decay: float = flag(0.0, "Adam weight decay (L2; the paper uses none)")
-    clip_norm: float = flag(0.0, "clip the gradient norm to this (0: off, fairseq's default)")
+                                                           "(paper: 5, so finetune at 8e-5 gets 1)", MUST_MATCH)
+    warmup_steps: int | None = flag(None, "linear warm-up in updates (overrides --warmup-epochs)", MUST_MATCH)
+    adam_beta1: float = flag(0.9, "Adam beta1", MUST_MATCH)
+    adam_beta2: float = flag(0.99, "Adam beta2 (paper: 0.99)", MUST_MATCH)
+    adam_eps: float = flag(1e-8, "Adam epsilon", MUST_MATCH)
+    weight_decay: float = flag(0.0, "Adam weight decay (L2; the paper uses none)", MUST_MATCH)
+    clip_norm: float = flag(0.0, "clip the gradient norm to this (0: off, fairseq's default)", MUST_MATCH)
     label_smoothing: float = flag(0.1, "label smoothing epsilon (paper: 0.1; fairseq formulation, eps / (V - 1) per "
-                                       "wrong class)")
-    dropout: float = flag(0.15, "decoder (and baseline encoder) dropout (paper: 0.15)")
-    encoder_dropout: float | None = flag(None, "BERT hidden dropout in finetune/direct; none: BERT's own (0.1)")
-    decoder_layers: int = flag(6, "decoder layers (paper: 6); width and heads follow the encoder")
+                                       "wrong class)", MUST_MATCH)
+    dropout: float = flag(0.15, "decoder (and baseline encoder) dropout (paper: 0.15)", MUST_MATCH)
+    encoder_dropout: float | None = flag(None, "BERT hidden dropout in finetune/direct; none: BERT's own (0.1)",
+                                         MUST_MATCH)
+    decoder_layers: int = flag(6, "decoder layers (paper: 6); width and heads follow the encoder", MUST_MATCH)
     # ---- batches and stopping
     max_sentences: int = flag(500, "sentences per batch (paper: ~500), length-bucketed: on average with --batching "
-                                   "tokens, exactly with sentences")
+                                   "tokens, exactly with sentences", MUST_MATCH)
     batching: str = flag("tokens", "tokens: every batch holds about max_sentences x the mean padded length in "
                                    "tokens, so every update sees the same number of target tokens (fairseq's "
                                    "--max-tokens) | sentences: exactly max_sentences per batch (then a token of a "
-                                   "short segment weighs more: the loss is a per-batch token mean)")
-    max_tokens: int | None = flag(None, "also cap padded tokens per batch (B x longest side); none: no cap")
+                                   "short segment weighs more: the loss is a per-batch token mean)", MUST_MATCH)
+    max_tokens: int | None = flag(None, "also cap padded tokens per batch (B x longest side); none: no cap", MUST_MATCH)
     update_freq: int = flag(1, "accumulate the gradients of N batches into each update (fairseq's --update-freq): "
-                               "N times the batch per update in the memory of one; warm-up and schedule count updates")
-    max_epochs: int = flag(100, "stop after this many epochs")
-    patience: int = flag(3, "stop when the dev loss has not improved for this many epochs")
-    dev_bleu: bool = flag(False, "after each epoch also translate the dev set (greedy search) and log its BLEU")
+                               "N times the batch per update in the memory of one; warm-up and schedule count "
+                               "updates", MUST_MATCH)
+    max_epochs: int = flag(100, "stop after this many epochs", MAY_CHANGE)
+    patience: int = flag(3, "stop when the dev loss has not improved for this many epochs", MAY_CHANGE)
+    dev_bleu: bool = flag(False, "after each epoch also translate the dev set (greedy search) and log its BLEU",
+                          MAY_CHANGE)
     lenpen_grid: str = flag("", "after the stage, translate the dev set (beam 10) with each of these length "
                                 "penalties, e.g. 1.0,1.2,1.5,2.0, and store the best by BLEU in checkpoint_best.pt "
-                                "as translate.py's default (nmt/decode/lenpen_choice.py); empty: off (1.0)")
-    max_steps: int | None = flag(None, "stop after this many updates in total (tests, benchmarks)")
+                                "as translate.py's default (nmt/decode/lenpen_choice.py); empty: off (1.0)",
+                            MAY_CHANGE)
+    max_steps: int | None = flag(None, "stop after this many updates in total (tests, benchmarks)", THIS_COMMAND)
     max_cpu_minutes: float | None = flag(None, "stop after the epoch in which this stage's process CPU time (encoder "
-                                               "cache, updates, dev loss) reaches this; compute-matched baselines")
-    seed: int = flag(1, "seed for initialisation, dropout and batch shuffling")
+                                               "cache, updates, dev loss) reaches this; compute-matched baselines",
+                                         MAY_CHANGE)
+    seed: int = flag(1, "seed for initialisation, dropout and batch shuffling", MUST_MATCH)
     # ---- speed
-    encoder_cache: str = flag("auto", "decoder stage: cache encoder outputs: auto | memory | disk | off")
-    cache_dtype: str = flag("float16", "encoder cache precision: float16 (half the memory) | float32 (exact)")
-    cache_max_gb: float = flag(4.0, "auto: largest in-memory cache (GB); larger ones go to disk in the run directory")
-    device: str = flag("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    encoder_cache: str = flag("auto", "decoder stage: cache encoder outputs: auto | memory | disk | off", THIS_COMMAND)
+    cache_dtype: str = flag("float16", "encoder cache precision: float16 (half the memory) | float32 (exact)",
+                            THIS_COMMAND)
+    cache_max_gb: float = flag(4.0, "auto: largest in-memory cache (GB); larger ones go to disk in the run directory",
+                               THIS_COMMAND)
+    device: str = flag("auto", "cpu | cuda | cuda:N | auto (cuda when available)", THIS_COMMAND)
     amp: str = flag("off", "autocast dtype: off | bfloat16 (CUDA, or CPUs with bf16 instructions) | float16 (CUDA) "
-                           "| auto (bfloat16 on a CPU with bf16 instructions, else off; the demo preset's)")
-    threads: int = flag(0, "torch CPU threads (0: torch's default)")
-    progress: bool = flag(True, "show a tqdm bar per epoch")
+                           "| auto (bfloat16 on a CPU with bf16 instructions, else off; the demo preset's)", THIS_COMMAND)
+    threads: int = flag(0, "torch CPU threads (0: torch's default)", THIS_COMMAND)
+    dist_timeout_minutes: float = flag(5.0, "torchrun: how long a training collective waits for a rank that is "
+                                            "stopped, hung or far slower before the job fails with one error line "
+                                            "(rank 0's own work, e.g. the length-penalty choice, may take longer)",
+                                       THIS_COMMAND)
+    progress: bool = flag(True, "show a tqdm bar per epoch", THIS_COMMAND)
 
     def peak_lr(self) -> float:
         """--lr, else the stage's: --finetune-lr (paper: 8e-5) for fine-tuning, --train-lr (4e-4) otherwise."""
@@ -135,6 +170,8 @@ class TrainConfig:
             raise ConfigError(f"unknown --encoder-cache {self.encoder_cache!r}; expected auto, memory, disk or off")
         if self.cache_dtype not in ("float16", "float32"):
             raise ConfigError(f"unknown --cache-dtype {self.cache_dtype!r}; expected float16 or float32")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the stage and --overwrite starts it over: give one of them")
         if self.amp not in ("off", "bfloat16", "float16", "auto"):
             raise ConfigError(f"unknown --amp {self.amp!r}; expected off, bfloat16, float16 or auto")
         positive = {"max_sentences": self.max_sentences, "max_epochs": self.max_epochs, "patience": self.patience,
@@ -282,6 +319,51 @@ def demo_bpe_merges(arch: str = "bert") -> int:
 
 
 FIELD_HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig)}     # field name -> its --help text
+RESUME_RULE = {f.name: f.metadata["resume"] for f in fields(TrainConfig)}  # field name -> MUST_MATCH, MAY_CHANGE, ...
+PATH_FIELDS = ("data", "bert", "init")          # compared as the files they name
+
+
+def resume_differences(saved: dict, cfg: TrainConfig) -> tuple[list[tuple], list[tuple]]:
+    """The settings in which ``cfg`` differs from a checkpoint's ``saved`` config, by their rule
+    (:data:`RESUME_RULE`): (must match, may change), each a list of (field, saved value, cfg value).
+    Compared as the run uses them: ``cfg`` as resolved at start (--amp auto is the dtype it chose),
+    paths as the files they name, the demo --pair only without --data; a key the checkpoint lacks
+    (written by an older version) is not compared.
+
+    >>> saved = dataclasses.replace(TrainConfig(), data="d", decoder_layers=1, max_epochs=10).to_dict()
+    >>> resume_differences(saved, dataclasses.replace(TrainConfig(), data="./d", decoder_layers=3, max_epochs=20))
+    ([('decoder_layers', 1, 3)], [('max_epochs', 10, 20)])
+    """
+    def view(name: str, value):
+        if name in PATH_FIELDS and value is not None:
+            return str(Path(value).expanduser().resolve())
+        return value
+    must, may = [], []
+    for name, rule in RESUME_RULE.items():
+        if rule == NOT_COMPARED or name not in saved or (name == "pair" and (saved.get("data") or cfg.data)):
+            continue
+        old, new = saved[name], getattr(cfg, name)
+        if view(name, old) != view(name, new):
+            (must if rule == MUST_MATCH else may).append((name, old, new))
+    return must, may
+
+
+def describe_differences(differences: list[tuple]) -> str:
+    """Each difference as its flag with both values.
+
+    >>> describe_differences([("decoder_layers", 1, 3), ("lr", None, 5e-3), ("batching", "tokens", "sentences")])
+    '--decoder-layers: checkpoint 1, this command 3; --lr: checkpoint none, this command 0.005; --batching: \
+checkpoint tokens, this command sentences'
+    """
+    return "; ".join(f"--{name.replace('_', '-')}: checkpoint {show_setting(old)}, this command {show_setting(new)}"
+                     for name, old, new in differences)
+
+
+def show_setting(value) -> str:
+    """A setting as it is written on the command line: none, true, 0.005, tokens."""
+    if value is None or isinstance(value, bool):
+        return "none" if value is None else str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def parse_optional(kind):

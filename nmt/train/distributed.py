@@ -7,6 +7,13 @@ a :class:`DistContext`, the one object the trainer talks to for collectives. Wit
 (WORLD_SIZE absent or 1) it returns None and nothing distributed is initialised: single-process
 training has no distributed code path at all.
 
+Timeouts: a collective of the training loop (the per-update all-reduces, the dev sums) that waits
+longer than ``--dist-timeout-minutes`` (default :data:`DEFAULT_TIMEOUT_MINUTES`) for a stopped, hung or
+far slower rank fails, and :meth:`DistContext.failure` makes that one ``error:`` line. The waits for
+rank 0's own work (data preparation, dev BLEU, checkpoint writes, the length-penalty choice:
+:meth:`DistContext.wait_for_rank0`) are not bounded by the update, and use a process group of their own
+(same backend) with :data:`RANK0_WORK_TIMEOUT_MINUTES`.
+
 How the data is split (:func:`shard_batches`): every rank owns a FIXED disjoint share of the
 training pairs (a seeded random 1/N of them, the same for every epoch) and length-buckets and
 shuffles only its own share each epoch, with the same (seed, epoch) generator on every rank; the
@@ -39,6 +46,9 @@ from nmt.data.binarized import make_batches
 from nmt.errors import DistributedError
 from nmt.train.evaluation import Totals
 
+DEFAULT_TIMEOUT_MINUTES = 5.0           # the training collectives: an update takes seconds, not minutes
+RANK0_WORK_TIMEOUT_MINUTES = 24 * 60.0  # waits for rank 0 alone: a CPU length-penalty choice can take an hour
+
 
 def launched_by_torchrun(environ=None) -> bool:
     """True when the environment describes a world of more than one process."""
@@ -54,6 +64,8 @@ class DistContext:
     world_size: int
     backend: str                # "nccl" | "gloo"
     device: torch.device        # where this rank trains
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES   # of the training collectives
+    rank0_group: object = None  # the group with RANK0_WORK_TIMEOUT_MINUTES (wait_for_rank0); None: the default
 
     @property
     def master_process(self) -> bool:
@@ -83,14 +95,41 @@ class DistContext:
         else:
             dist.barrier()
 
+    def wait_for_rank0(self) -> None:
+        """A barrier after work rank 0 does alone (writing files, dev BLEU, the length-penalty choice):
+        the others wait up to RANK0_WORK_TIMEOUT_MINUTES, not the training collectives' timeout."""
+        import torch.distributed as dist
+        if self.backend == "nccl":
+            dist.barrier(group=self.rank0_group, device_ids=[self.device.index])
+        else:
+            dist.barrier(group=self.rank0_group)
+
     @contextlib.contextmanager
     def rank0_first(self):
         """Rank 0 runs the block first (it may write shared files: demo data, converted BERT), then the others."""
         if not self.master_process:
-            self.barrier()
+            self.wait_for_rank0()
         yield
         if self.master_process:
-            self.barrier()
+            self.wait_for_rank0()
+
+    def failure(self, e: BaseException) -> DistributedError | None:
+        """A collective that failed because of another rank, as one line: no answer within the timeout
+        (a stopped, hung or far slower rank), or a rank that ended (its own error is above); None for
+        anything else (a bug keeps its traceback). gloo raises a RuntimeError naming the cause."""
+        if not isinstance(e, RuntimeError):
+            return None
+        text = str(e).lower()
+        if "timed out" in text or "timeout" in text:
+            return DistributedError(
+                f"no answer from the other processes within {self.timeout_minutes:g} minutes "
+                f"(--dist-timeout-minutes): a rank is stopped (SIGSTOP, Ctrl-Z), hung or far slower; "
+                f"checkpoint_last.pt holds the last save: continue with --resume, with a larger timeout if "
+                f"the ranks are just uneven")
+        if "connection closed" in text or "connection reset" in text or "broken pipe" in text:
+            return DistributedError("another process of the job ended (its own message is above); "
+                                    "checkpoint_last.pt holds the last save: continue with --resume")
+        return None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DistributedDataParallel over the parameters that require grad NOW (so: after set_stage).
@@ -127,11 +166,13 @@ def exit_worker(status: int) -> NoReturn:
     os._exit(status)
 
 
-def init_from_env(device: str = "auto", timeout_s: float = 1800.0, environ=None) -> DistContext | None:
+def init_from_env(device: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
+                  environ=None) -> DistContext | None:
     """Join the torchrun job described by the environment; None for a single process.
 
     ``device`` is train.py's --device: "auto" or "cuda" -> GPU LOCAL_RANK (nccl) when CUDA is
-    available, "cpu" -> gloo; "cuda:N" is refused (torchrun assigns the GPUs).
+    available, "cpu" -> gloo; "cuda:N" is refused (torchrun assigns the GPUs). ``timeout_minutes``:
+    train.py's --dist-timeout-minutes, how long a training collective waits for a silent rank.
     """
     environ = os.environ if environ is None else environ
     if not launched_by_torchrun(environ):
@@ -144,6 +185,8 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0, environ=None)
                                f"integers ({e}); launch with torchrun --nproc_per_node=N train.py ...") from None
     if not 0 <= rank < world_size:
         raise DistributedError(f"RANK={rank} is not in [0, WORLD_SIZE={world_size})")
+    if not 0 < timeout_minutes < float("inf"):
+        raise DistributedError(f"--dist-timeout-minutes {timeout_minutes}: must be a positive number of minutes")
     if device.startswith("cuda:"):
         raise DistributedError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK; "
                                f"pass --device cuda (or auto)")
@@ -161,8 +204,10 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0, environ=None)
     import torch.distributed as dist
     kwargs = {"device_id": dev} if backend == "nccl" else {}
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, backend=backend, device=dev)
+                            timeout=datetime.timedelta(minutes=timeout_minutes), **kwargs)
+    patient = dist.new_group(backend=backend, timeout=datetime.timedelta(minutes=RANK0_WORK_TIMEOUT_MINUTES))
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, backend=backend, device=dev,
+                       timeout_minutes=timeout_minutes, rank0_group=patient)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ the owned pairs in index order, and ``slots`` maps a global pair index to its pl
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from nmt.data.binarized import ParallelData, collate, make_batches
+from nmt.errors import TrainingError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -76,8 +78,7 @@ class EncoderCache:
         if path is None:
             values = np.empty(shape, dtype=DTYPES[dtype])
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            values = np.lib.format.open_memmap(path, mode="w+", dtype=DTYPES[dtype], shape=shape)
+            values = create_cache_file(path, DTYPES[dtype], shape)
         was_training = model.encoder.training
         model.encoder.eval()
         t0 = time.time()
@@ -157,6 +158,64 @@ def plan_cache(mode: str, nbytes: int, max_memory_bytes: float, disk_dir: Path) 
         return "disk", reason + f"{gb:.2f} GB on disk in {disk_dir} (--cache-max-gb {max_memory_bytes / 2**30:g})"
     return "off", (reason + f"{gb:.2f} GB fits neither in memory nor in the {free_disk / 2**30:.1f} GB free on disk; "
                    f"training WITHOUT the cache (the frozen encoder runs every step)")
+
+
+def reserve_space(fd: int, offset: int, length: int) -> None:
+    """Allocate bytes [offset, offset + length) of an open file on its disk now, so that writing
+    them later through a memory map cannot fail: a page of a sparse file that the disk has no room
+    for is a SIGBUS ("Bus error") when written through a map, not an exception. posix_fallocate
+    where the system has it; where the file system does not support it, zeros written in chunks.
+    OSError (ENOSPC, EDQUOT, EFBIG) when the disk has no room."""
+    if length <= 0:
+        return
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, length)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    chunk = bytes(min(length, 1 << 24))
+    os.lseek(fd, offset, os.SEEK_SET)
+    written = 0
+    while written < length:
+        written += os.write(fd, chunk[:min(len(chunk), length - written)])
+    os.fsync(fd)
+
+
+def create_cache_file(path: Path, dtype, shape: tuple[int, int]) -> np.memmap:
+    """The disk cache: a .npy file of ``shape`` whose space is reserved (:func:`reserve_space`)
+    before it is memory-mapped, so a full disk is a TrainingError here, naming the file, the bytes
+    needed and free and what to do, instead of a "Bus error" while the cache is written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    with open(path, "wb") as f:
+        try:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.flush()
+            reserve_space(f.fileno(), f.tell(), nbytes)
+        except OSError as e:
+            f.close()
+            remove_cache_file(path)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            free = shutil.disk_usage(path.parent).free
+            raise TrainingError(
+                f"{path}: no room for the encoder cache ({e.strerror}): it needs {nbytes:,} bytes "
+                f"({_readable(nbytes)}) and its disk has {free:,} bytes ({_readable(free)}) free; "
+                f"free some space, or train with --encoder-cache memory (if it fits in memory) or "
+                f"--encoder-cache off (the frozen encoder then runs every step)") from None
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def _readable(nbytes: int) -> str:
+    """A byte count in GiB, or MiB below one GiB, for messages.
+
+    >>> _readable(3 * 2**30), _readable(18688)
+    ('3.00 GiB', '0.02 MiB')
+    """
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
 
 
 def remove_cache_file(path: Path) -> None:

@@ -4,7 +4,7 @@ half of the Trainer (nmt/train/trainer.py inherits :class:`RunState`), apart fro
 Files, in the stage directory, written by the master process only (atomically, nmt/files.py):
 
 - ``checkpoint_last.pt``: the whole state (:meth:`RunState.state_dict`) after every epoch, and when
-  the loop stops early (Ctrl-C, ``--max-steps``) with the epoch's partial sums; it also records the
+  the loop stops early (a stop signal, ``--max-steps``) with the epoch's partial sums; it also records the
   end-of-epoch work still OWED: the copies to ``checkpoint_best.pt`` (dev score improved) and
   ``checkpoint_epochN.pt`` (``--epoch-checkpoints``, ``--keep-last-epochs``, which prunes older ones),
   and the epoch's metrics record. :meth:`RunState.settle_owed` does that work after the save.
@@ -17,6 +17,12 @@ optimizer, counters, RNG and the epoch's partial sums; drops the records logged 
 (those steps are replayed); settles what was owed; and does not choose the length penalty again.
 Every step may be repeated, so a kill at any moment is repaired. Another world size continues at the
 same fraction of the epoch, with the warm-up it started with (nmt/train/schedule.py).
+
+Stop signals (:meth:`RunState.stop_signals_save`): SIGINT (Ctrl-C), SIGTERM (kill, a scheduler's stop or
+pre-emption) and SIGHUP (a closed terminal) all finish the update, save checkpoint_last.pt and end the
+process with 128 + the signal (130, 143, 129); under torchrun the ranks agree to stop after the same
+update (:meth:`RunState.agree_on_stop`). Outside the loop they raise :class:`StopSignal` (the entry
+points' :func:`raise_on_stop_signals`).
 """
 from __future__ import annotations
 
@@ -36,10 +42,57 @@ from nmt.train.evaluation import Totals
 from nmt.weights.checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)    # saved like Ctrl-C; ranks agree in this order
+_last_stop: list[int | None] = [None]   # the signal that stopped the last training loop (signals are per process)
+
+
+class StopSignal(KeyboardInterrupt):
+    """Stop at once: SIGTERM or SIGHUP outside the training loop (:func:`raise_on_stop_signals`, as Ctrl-C
+    raises KeyboardInterrupt), or a second Ctrl-C inside it. A KeyboardInterrupt, so no ``except
+    Exception`` swallows it and every ``finally`` runs (atomic_write removes its temporary file)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def stop_status(e: BaseException | None = None) -> int:
+    """The exit status of a stop: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), from a
+    StopSignal, else from the signal that stopped the last training loop (Ctrl-C if none did)."""
+    return 128 + (getattr(e, "signum", None) or _last_stop[0] or signal.SIGINT)
+
+
+def raise_on_stop_signals() -> dict:
+    """For entry points, until :func:`restore_signals` of what this returns: SIGTERM and SIGHUP raise
+    StopSignal, as Ctrl-C raises KeyboardInterrupt, wherever the training loop does not save first (set-up,
+    the length-penalty choice, evaluation). One ignored at start (nohup) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise StopSignal(signum)
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(s) is not signal.SIG_IGN}
+
+
+def restore_signals(previous: dict) -> None:
+    """Put back the handlers :func:`raise_on_stop_signals` (or a training loop) replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 class RunState:
-    """Checkpoints, metrics.jsonl, Ctrl-C and resume for the Trainer. It keeps ``owed``,
+    """Checkpoints, metrics.jsonl, stop signals and resume for the Trainer. It keeps ``owed``,
     ``epoch_totals``, ``epoch_seconds`` and ``cpu_seconds`` (:meth:`reset_run_state`), and reads the
     Trainer's run (``cfg``, ``out_dir``, ``model``, ``optimizer``, ...) and counters (``step``, ``epoch``, ...)."""
+    _stop_requested = False                 # a stop signal (or request_stop) seen by this process
+    _stop_agreed = False                    # distributed: some rank saw one by the last update
+    _stopped_inside = False                 # the loop stopped inside an epoch and saved (save_stopped)
+    stop_signal: int = signal.SIGINT        # the signal that stops the run: exit status 128 + it
 
     def reset_run_state(self) -> None:
         """A stage's start: nothing owed, no partial sums, no CPU time."""
@@ -142,12 +195,17 @@ class RunState:
             fault_point(f"{Path(name).stem}-saved", self.epoch)
         return path
 
-    def save_stopped(self, why: str) -> Path:
+    def save_stopped(self, why: str) -> str:
         """The loop stopped inside an epoch ("interrupted" or "max_steps"): checkpoint_last.pt (with the
-        epoch's partial sums) and the record."""
+        epoch's partial sums), the record and one line naming the signal, the file and --resume."""
         path = self.save("checkpoint_last.pt")
-        self.log_metrics({"event": why, "step": self.step, "epoch": self.epoch + 1})
-        return path
+        self._stopped_inside = True
+        signame = signal_name(self.stop_signal) if why == "interrupted" else None
+        self.log_metrics({"event": why, "step": self.step, "epoch": self.epoch + 1,
+                          **({"signal": signame} if signame else {})})
+        self.say(f"{why}{f' by {signame}' if signame else ''}: saved {path} at update {self.step}; "
+                 f"continue with --resume")
+        return why
 
     def save_epoch(self, record: dict, improved: bool) -> None:
         """An epoch ended (the counters already count it): checkpoint_last.pt FIRST, recording what is
@@ -158,6 +216,8 @@ class RunState:
         self.epoch_totals, self.epoch_seconds, self._epoch_t0 = Totals(), 0.0, None
         self.save("checkpoint_last.pt")
         self.settle_owed()
+        if self.dist is not None:       # rank 0's dev BLEU and files are not bounded by the update's timeout
+            self.dist.wait_for_rank0()
 
     def settle_owed(self) -> None:
         """Do the end-of-epoch work checkpoint_last.pt records as owed: copy it to checkpoint_best.pt
@@ -200,29 +260,62 @@ class RunState:
             self.log_metrics({"event": "lenpen", **done})
         return True
 
-    # -- Ctrl-C: the update finishes, then checkpoint_last.pt is saved as at --max-steps
-    def request_stop(self) -> None:
-        """Finish the current update, save checkpoint_last.pt and return from fit()."""
-        self._stop_requested = True
+    # -- stop signals: the update finishes, then checkpoint_last.pt is saved as at --max-steps
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Finish the current update, save checkpoint_last.pt and return "interrupted" from fit();
+        ``signum``: the signal asking (the exit status is 128 + it)."""
+        self._stop_requested, self.stop_signal = True, signum
+        _last_stop[0] = signum
 
     @contextlib.contextmanager
-    def sigint_saves(self):
-        """While training: the first Ctrl-C requests the stop, a second aborts at once (as a kill)."""
+    def stop_signals_save(self):
+        """While training, SIGINT (Ctrl-C), SIGTERM (kill, a scheduler's stop or pre-emption) and SIGHUP
+        (a closed terminal) request the stop. Then a second Ctrl-C aborts at once (StopSignal: the save
+        in progress is dropped, atomically, and the last complete checkpoint stays); a repeated SIGTERM
+        or SIGHUP changes nothing (a scheduler and torchrun may both send one; SIGKILL is the hard stop).
+        A SIGTERM or SIGHUP ignored when the process started (nohup) stays ignored. A signal the loop had
+        no update left to act on (it came as the last epoch ended) raises StopSignal at the end: the
+        epoch is saved, and --resume does what is left (the length-penalty choice)."""
+        _last_stop[0] = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum, frame):
             if self._stop_requested:
-                raise KeyboardInterrupt
-            self.print("\ninterrupted: finishing this update, then saving checkpoint_last.pt (Ctrl-C again to abort)")
-            self.request_stop()
+                if signum == signal.SIGINT:
+                    raise StopSignal(signum)
+                return
+            self.request_stop(signum)
+            self.say(f"\n{signal_name(signum)}: finishing this update, then saving checkpoint_last.pt"
+                     + (" (Ctrl-C again to abort)" if signum == signal.SIGINT else ""))
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS
+                    if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            restore_signals(previous)
+        if self._stop_requested and not self._stopped_inside:
+            raise StopSignal(self.stop_signal)
+
+    def agree_on_stop(self, votes: list[float]) -> bool:
+        """Distributed: ``votes`` are the sums over ranks of :meth:`stop_votes`; every rank gets the same
+        answer (stop after this update?) and the same signal (the first of STOP_SIGNALS some rank saw)."""
+        seen = [s for s, n in zip(STOP_SIGNALS, votes) if n > 0]
+        if seen:
+            self.stop_signal = seen[0]
+        return bool(seen)
+
+    def stop_votes(self) -> list[float]:
+        """This rank's part of the stop agreement: 1 for the signal it saw (if any), per STOP_SIGNALS."""
+        return [float(self._stop_requested and self.stop_signal == s) for s in STOP_SIGNALS]
+
+    def say(self, msg: str) -> None:
+        """Print from a signal handler or after SIGHUP: a print the handler interrupted (reentrant) or a
+        terminal that is gone (EIO) must not end the run."""
+        with contextlib.suppress(OSError, RuntimeError):
+            self.print(msg)
 
     # -- the state in checkpoint_last.pt
     def state_dict(self) -> dict:

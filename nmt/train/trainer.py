@@ -21,7 +21,7 @@ Data-parallel training (torchrun; nmt/train/distributed.py) is on only when a ``
 the model is wrapped in DistributedDataParallel after freezing (DDP registers the parameters that
 require grad when it is built), each rank trains on its own share of the pairs
 (:meth:`Trainer.epoch_batches`), the loss is normalised by the GLOBAL token count (so N ranks x their
-batches = 1 process x the union batch), dev sums, Ctrl-C and NaN decisions are reduced over ranks,
+batches = 1 process x the union batch), dev sums, stop signals and NaN decisions are reduced over ranks,
 and only rank 0 prints and writes (``master_process``). Without a DistContext none of this runs.
 """
 from __future__ import annotations
@@ -89,8 +89,6 @@ class Trainer(RunState):
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / cfg.update_freq)   # the schedule counts these
         self.cache: EncoderCache | None = None
         self._cache_file: Path | None = None
-        self._stop_requested = False            # Ctrl-C seen by this process
-        self._stop_agreed = False               # distributed: some rank saw Ctrl-C by the last update
         # dev BLEU after each epoch and the length-penalty choice need the dev set's original text
         # (read once, checked up front)
         wants_text = (cfg.dev_bleu or bool(cfg.lenpen_grid)) and self.master_process
@@ -164,13 +162,13 @@ class Trainer(RunState):
         self.start_clocks()
         self.maybe_build_cache()
         try:
-            with self.sigint_saves():
+            with self.stop_signals_save():      # Ctrl-C, SIGTERM, SIGHUP: save, then stop (run_state.py)
                 while not (why := self._stop_reason() or self.train_epoch()):
                     self.end_epoch()
             if why in ("converged", "max_epochs", "cpu_budget"):
                 self.choose_length_penalty()
             if self.dist is not None:
-                self.dist.barrier()     # no rank leaves before rank 0's last checkpoint is written
+                self.dist.wait_for_rank0()      # no rank leaves before rank 0's last checkpoint is written
             return why
         finally:
             self._release_cache()
@@ -222,10 +220,7 @@ class Trainer(RunState):
             stop = self._stop_requested if self.dist is None else self._stop_agreed
             if stop or (cfg.max_steps is not None and self.step >= cfg.max_steps):
                 bar.close()
-                why = "interrupted" if stop else "max_steps"
-                path = self.save_stopped(why)
-                self.print(f"{why}: saved {path} at update {self.step}; continue with --resume")
-                return why
+                return self.save_stopped("interrupted" if stop else "max_steps")
         bar.close()
         return None
 
@@ -240,10 +235,10 @@ class Trainer(RunState):
             # DDP AVERAGES gradients over ranks; scaling each rank's loss sum by world_size / global
             # tokens makes that average the gradient of (global loss sum / global tokens), i.e. one
             # process training on the union of the ranks' batches. The same reduction tells every
-            # rank about Ctrl-C on any rank (all stop together).
-            global_tokens, stop = self.dist.all_reduce_sum([tokens, float(self._stop_requested)])
+            # rank about a stop signal on any rank (all stop after this update).
+            global_tokens, *stop_votes = self.dist.all_reduce_sum([tokens, *self.stop_votes()])
             scale = self.world_size / global_tokens
-            self._stop_agreed = stop > 0
+            self._stop_agreed = self.agree_on_stop(stop_votes)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = nll_value = 0.0
         for i, batch in enumerate(batches):

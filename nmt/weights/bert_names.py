@@ -17,6 +17,7 @@ the config raises CheckpointError. A worked example:
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import torch
 
@@ -74,39 +75,69 @@ def map_to_native(tensors: dict[str, torch.Tensor], table: dict, skip: tuple[str
 
     Raises CheckpointError naming ``source`` and the tensor for: a name neither in ``table`` nor
     in ``skip``; a layer index beyond ``config.num_hidden_layers``; a missing tensor; a shape
-    that does not match ``config``. The pooler is optional (both of its tensors or neither).
+    that does not match ``config`` (each piece is checked before pieces are fused). The pooler is
+    optional (both of its tensors or neither).
     """
     compiled = [(_pattern(src), src, native, part, transpose, _pattern(native))
                 for src, (native, part, transpose) in table.items()]
-    skipped = [_glob(p) for p in skip]
-    parts: dict[str, dict[int, torch.Tensor]] = {}
+    pieces = Counter(native for native, _, _ in table.values())        # native template -> pieces fused
+    found = []                                  # (name, native, part, transpose, tensor, pieces fused)
     for name, tensor in tensors.items():
-        for regex, _, native, part, transpose, _ in compiled:
-            m = regex.match(name)
-            if m:
-                break
-        else:
-            if any(s.match(name) for s in skipped):
-                continue
-            raise CheckpointError(f"{source}: unknown tensor {name!r} (not a BERT encoder weight and not "
-                                  f"in the skip list {list(skip)})")
-        if m.groups():
-            layer = int(m.group(1))
-            if layer >= config.num_hidden_layers:
-                raise CheckpointError(f"{source}: tensor {name!r} is for layer {layer} but the config has "
-                                      f"num_hidden_layers={config.num_hidden_layers}; config and weights "
-                                      "do not match")
-            native = native.format(layer)
-        if transpose:
-            if tensor.dim() != 2:
-                raise CheckpointError(f"{source}: kernel {name!r} has shape {list(tensor.shape)}, expected 2-D")
-            tensor = tensor.t()
-        if tensor.is_floating_point():
-            tensor = tensor.float()
-        parts.setdefault(native, {})[part] = tensor.contiguous()
+        match = _match(name, compiled, skip, config, source)
+        if match is not None:
+            native, part, transpose, template = match
+            found.append((name, native, part, transpose, tensor, pieces[template]))
+    expected = expected_shapes(config, with_pooler=any(f[1].startswith("pooler.") for f in found))
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    for name, native, part, transpose, tensor, count in found:
+        shape = expected[native]
+        want = (shape[0] // count, *shape[1:])                          # one piece, in torch's [out, in]
+        want = tuple(reversed(want)) if transpose else want             # as the checkpoint stores it
+        if tuple(tensor.shape) != want:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {list(tensor.shape)} but the config implies "
+                                  f"{list(want)} ({_sizes(config)}); config and weights do not match")
+        tensor = tensor.t() if transpose else tensor
+        parts.setdefault(native, {})[part] = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
+    _check_complete(parts, expected, compiled, source)
+    state = {}
+    for native in expected:                     # every piece checked above: the concatenation fits
+        fused = [parts[native][p] for p in sorted(parts[native])]
+        state[native] = fused[0] if len(fused) == 1 else torch.cat(fused, dim=0)
+    return state
 
-    with_pooler = any(n.startswith("pooler.") for n in parts)
-    expected = expected_shapes(config, with_pooler=with_pooler)
+
+def _sizes(config: BertConfig) -> str:
+    """The config's sizes that decide the tensor shapes, for messages."""
+    return (f"hidden_size={config.hidden_size}, intermediate_size={config.intermediate_size}, "
+            f"vocab_size={config.vocab_size}, max_position_embeddings={config.max_position_embeddings}, "
+            f"type_vocab_size={config.type_vocab_size}")
+
+
+def _match(name: str, compiled: list, skip: tuple[str, ...], config: BertConfig,
+           source: str) -> tuple[str, int, bool, str] | None:
+    """(native name, part, transpose, native template) of a checkpoint name; None if it is skipped."""
+    for regex, _, template, part, transpose, _ in compiled:
+        m = regex.match(name)
+        if m:
+            break
+    else:
+        if any(_glob(p).match(name) for p in skip):
+            return None
+        raise CheckpointError(f"{source}: unknown tensor {name!r} (not a BERT encoder weight and not "
+                              f"in the skip list {list(skip)})")
+    native = template
+    if m.groups():
+        layer = int(m.group(1))
+        if layer >= config.num_hidden_layers:
+            raise CheckpointError(f"{source}: tensor {name!r} is for layer {layer} but the config has "
+                                  f"num_hidden_layers={config.num_hidden_layers}; config and weights "
+                                  "do not match")
+        native = template.format(layer)
+    return native, part, transpose, template
+
+
+def _check_complete(parts: dict[str, dict[int, torch.Tensor]], expected: dict, compiled: list, source: str) -> None:
+    """CheckpointError listing the checkpoint names of the pieces ``expected`` needs and ``parts`` lacks."""
     missing = []
     for native in expected:
         have = parts.get(native, {})
@@ -117,17 +148,6 @@ def map_to_native(tensors: dict[str, torch.Tensor], table: dict, skip: tuple[str
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise CheckpointError(f"{source}: missing tensor(s) {shown}; the checkpoint is incomplete")
-    state = {}
-    for native, shape in expected.items():
-        pieces = [parts[native][p] for p in sorted(parts[native])]
-        tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        if tuple(tensor.shape) != shape:
-            raise CheckpointError(f"{source}: {native} has shape {list(tensor.shape)} but the config implies "
-                                  f"{list(shape)} (hidden_size={config.hidden_size}, intermediate_size="
-                                  f"{config.intermediate_size}, vocab_size={config.vocab_size}); config and "
-                                  "weights do not match")
-        state[native] = tensor
-    return state
 
 
 def normalize_hf_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

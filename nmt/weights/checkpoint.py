@@ -142,16 +142,45 @@ def epoch_checkpoints(stage_dir: str | Path, last: int) -> list[Path]:
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
                           encoder_dropout: float | None = None) -> tuple[Seq2Seq, ModelSpec]:
     """The network a loaded checkpoint describes, with its weights; ``encoder_dropout`` replaces
-    BERT's hidden dropout (fine-tuning with --encoder-dropout)."""
+    BERT's hidden dropout (fine-tuning with --encoder-dropout). The spec is checked before anything
+    is allocated: its own sizes (``ModelSpec.validate``), against the checkpoint's vocabularies, and
+    against every stored tensor's shape (:func:`check_weights_fit`)."""
     spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
     if encoder_dropout is not None and spec.bert_config:
         spec.bert_config = {**spec.bert_config, "hidden_dropout_prob": encoder_dropout}
+        spec.validate(f"{path}: model_spec")
+    for side, size in (("source", spec.src_vocab_size), ("target", spec.tgt_vocab_size)):
+        pipeline = ckpt.get(side)
+        vocab = pipeline.get("vocab") if isinstance(pipeline, dict) else None
+        if isinstance(vocab, list) and len(vocab) != size:
+            field = "src_vocab_size" if side == "source" else "tgt_vocab_size"
+            raise CheckpointError(f"{path}: model_spec {field} is {size} but its {side} vocabulary has {len(vocab)} "
+                                  f"entries (a damaged checkpoint); use another checkpoint")
+    check_weights_fit(ckpt["model"], spec, path)
     model = build_model(spec)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: model weights do not fit the model spec ({str(e)[:500]})") from None
     return model, spec
+
+
+def check_weights_fit(state: dict, spec: ModelSpec, path: str | Path) -> None:
+    """CheckpointError naming the tensor unless ``state`` holds exactly the tensors ``spec``'s network
+    has, each of its shape. The network is built on the meta device: shapes only, no memory."""
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path}: 'model' is not a state dict of tensors (a damaged or foreign checkpoint)")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in build_model(spec).state_dict().items()}
+    unknown, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    if unknown or missing:
+        raise CheckpointError(f"{path}: model weights do not fit the model spec (unknown: {unknown[:5]}, missing: "
+                              f"{missing[:5]}); use another checkpoint")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(state[name].shape)} but the model_spec "
+                                  f"implies {list(shape)}; model_spec and weights do not match (a damaged "
+                                  f"checkpoint?)")
 
 
 def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,

@@ -221,8 +221,16 @@ def load_native(path) -> NativeBert:
     """Read a native file (``torch.load(weights_only=True)``) and check it against its config."""
     path = Path(path)
     d = _read_native_dict(path)
-    config = BertConfig.from_dict(d["config"], source=str(path))
+    for key, kind in (("config", dict), ("model", dict), ("vocab", list)):
+        if not isinstance(d.get(key), kind):
+            raise CheckpointError(f"{path}: {key!r} is {type(d.get(key)).__name__}, not a {kind.__name__} (a damaged "
+                                  f"native BERT file); convert it again with tools/convert_bert_checkpoint.py")
+    config = BertConfig.from_dict(d["config"], source=f"{path}: config")
     state = d["model"]
+    if not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path}: 'model' holds something other than tensors; convert it again")
+    if not all(isinstance(t, str) for t in d["vocab"]):
+        raise CheckpointError(f"{path}: 'vocab' holds something other than strings; convert it again")
     with_pooler = any(k.startswith("pooler.") for k in state)
     expected = expected_shapes(config, with_pooler)
     unknown = sorted(set(state) - set(expected))
@@ -232,7 +240,8 @@ def load_native(path) -> NativeBert:
                               f"missing: {missing[:5]})")
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
-            raise CheckpointError(f"{path}: {name} has shape {list(state[name].shape)}, config implies {list(shape)}")
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(state[name].shape)} but the config "
+                                  f"implies {list(shape)}; config and weights do not match (convert it again)")
     return NativeBert(config, state, list(d["vocab"]), bool(d["do_lower_case"]), str(d.get("source", path)))
 
 

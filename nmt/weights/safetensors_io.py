@@ -20,6 +20,7 @@ Example (a round trip through a temporary file):
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -36,6 +37,7 @@ DTYPES = {
 }
 TAGS = {dtype: tag for tag, dtype in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+MAX_DIM = 2 ** 40                # a dimension beyond this is a corrupt header, even in an empty tensor
 
 
 def load_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -58,29 +60,17 @@ def load_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header must be a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map names to strings, got {metadata!r:.200}")
     buffer = memoryview(data)[8 + header_len:]
     tensors: dict[str, torch.Tensor] = {}
     spans = []
     for name, info in header.items():
-        try:
-            dtype = DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a bad header entry {info!r} "
-                                  f"(dtype one of {sorted(DTYPES)}, shape, data_offsets)") from None
-        numel = 1
-        for s in shape:
-            numel *= s
-        size = numel * torch.empty((), dtype=dtype).element_size()
-        if not 0 <= begin <= end <= len(buffer) or end - begin != size:
-            raise CheckpointError(f"{path}: tensor {name!r} data_offsets [{begin}, {end}] do not match "
-                                  f"{info['dtype']} {shape} ({size} bytes) in a {len(buffer)}-byte buffer "
-                                  "(truncated or corrupt file)")
+        dtype, shape, begin, end = _header_entry(path, name, info, len(buffer))
         spans.append((begin, end, name))
         # bytearray copy: aligned, writable, independent of the file buffer
         raw = bytearray(buffer[begin:end])
-        tensor = torch.frombuffer(raw, dtype=dtype) if size else torch.empty(0, dtype=dtype)
+        tensor = torch.frombuffer(raw, dtype=dtype) if end > begin else torch.empty(0, dtype=dtype)
         tensors[name] = tensor.reshape(shape)
     spans.sort()
     position = 0
@@ -93,6 +83,32 @@ def load_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: {len(buffer) - position} bytes after the last tensor "
                               "(corrupt file)")
     return tensors, dict(metadata)
+
+
+def _header_entry(path: Path, name: str, info, buffer_size: int) -> tuple[torch.dtype, list[int], int, int]:
+    """(dtype, shape, begin, end) of one header entry, checked before any tensor is made: a known
+    dtype, a shape of non-negative integers, and a byte range inside the buffer holding exactly
+    dtype x shape bytes. A CheckpointError names the file and the tensor."""
+    try:
+        dtype = DTYPES[info["dtype"]]
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not isinstance(offsets, list):
+            raise TypeError
+        begin, end = offsets
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: tensor {name!r} has a bad header entry {info!r:.200} "
+                              f"(dtype one of {sorted(DTYPES)}, shape, data_offsets)") from None
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM for s in shape):
+        raise CheckpointError(f"{path}: tensor {name!r} has shape {shape!r:.200}; every dimension must be an "
+                              f"integer from 0 to {MAX_DIM:,} (a corrupt or foreign file)")
+    if not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)):
+        raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r:.200}, not two integers")
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if not 0 <= begin <= end <= buffer_size or end - begin != size:
+        raise CheckpointError(f"{path}: tensor {name!r} data_offsets [{begin}, {end}] do not match "
+                              f"{info['dtype']} {shape} ({size} bytes) in a {buffer_size}-byte buffer "
+                              "(truncated or corrupt file)")
+    return dtype, shape, begin, end
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:

@@ -19,6 +19,7 @@ shards ``bert_model.ckpt.data-00000-of-00001``. Everything here is read by hand 
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ def parse_protobuf(buf: bytes, where: str) -> dict[int, list]:
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
+MAX_DIM = 2 ** 40        # a dimension beyond this is a corrupt index, even in an empty tensor
 
 
 def _read_block(data: bytes, offset: int, size: int, path: Path, what: str) -> bytes:
@@ -169,24 +171,48 @@ class BundleEntry:
     crc32c: int | None
 
 
+def _field(fields: dict[int, list], number: int, kind: type, default, where: str, what: str):
+    """The last value of protobuf field ``number`` (proto3: the last one wins), which must be of the
+    wire kind ``kind`` (int: varint or fixed, bytes: length-delimited); ``default`` when absent."""
+    values = fields.get(number)
+    if not values:
+        return default
+    if not isinstance(values[-1], kind):
+        raise CheckpointError(f"{where}: field {number} ({what}) has the wrong wire type (a corrupt index)")
+    return values[-1]
+
+
+def _parse_shape(name: str, f: dict[int, list], where: str) -> tuple[int, ...]:
+    """The TensorShapeProto (field 2: repeated Dim{1 size}, field 3 unknown_rank) of an entry; every
+    dimension must be known and non-negative (sizes are int64: a huge varint is a negative one)."""
+    shape: list[int] = []
+    for shape_bytes in f.get(2, []):
+        if not isinstance(shape_bytes, bytes):
+            raise CheckpointError(f"{where}: field 2 (shape) has the wrong wire type (a corrupt index)")
+        s = parse_protobuf(shape_bytes, where)
+        if _field(s, 3, int, 0, where, "unknown_rank"):
+            raise CheckpointError(f"{where}: tensor {name!r} has unknown rank")
+        for dim in s.get(2, []):
+            if not isinstance(dim, bytes):
+                raise CheckpointError(f"{where}: a shape dimension has the wrong wire type (a corrupt index)")
+            size = _field(parse_protobuf(dim, where), 1, int, 0, where, "dimension size")
+            if size >= 1 << 63:
+                size -= 1 << 64
+            shape.append(size)
+    if any(not 0 <= size <= MAX_DIM for size in shape):
+        raise CheckpointError(f"{where}: tensor {name!r} has shape {shape}; every dimension must be from 0 to "
+                              f"{MAX_DIM:,} (a corrupt index)")
+    return tuple(shape)
+
+
 def _parse_entry(name: str, value: bytes, where: str) -> BundleEntry:
     f = parse_protobuf(value, where)
     if 7 in f:
         raise CheckpointError(f"{where}: tensor {name!r} is stored in slices (partitioned variable); "
                               "not supported")
-    shape: list[int] = []
-    for shape_bytes in f.get(2, []):
-        s = parse_protobuf(shape_bytes, where)
-        if s.get(3, [0])[-1]:
-            raise CheckpointError(f"{where}: tensor {name!r} has unknown rank")
-        for dim in s.get(2, []):
-            size = parse_protobuf(dim, where).get(1, [0])[-1]
-            if size >= 1 << 63:
-                size -= 1 << 64
-            shape.append(size)
-    return BundleEntry(name=name, dtype=f.get(1, [0])[-1], shape=tuple(shape),
-                       shard_id=f.get(3, [0])[-1], offset=f.get(4, [0])[-1], size=f.get(5, [0])[-1],
-                       crc32c=f[6][-1] if 6 in f else None)
+    return BundleEntry(name=name, dtype=_field(f, 1, int, 0, where, "dtype"), shape=_parse_shape(name, f, where),
+                       shard_id=_field(f, 3, int, 0, where, "shard_id"), offset=_field(f, 4, int, 0, where, "offset"),
+                       size=_field(f, 5, int, 0, where, "size"), crc32c=_field(f, 6, int, None, where, "crc32c"))
 
 
 def checkpoint_prefix(path) -> Path:
@@ -212,9 +238,10 @@ def read_bundle_index(prefix) -> tuple[int, dict[str, BundleEntry]]:
     table = read_table(index_path)
     if not table or table[0][0] != b"":
         raise CheckpointError(f"{index_path}: no BundleHeaderProto under the empty key")
-    header = parse_protobuf(table[0][1], f"{index_path}: header")
-    num_shards = header.get(1, [0])[-1]
-    if header.get(2, [0])[-1] != 0:
+    where = f"{index_path}: header"
+    header = parse_protobuf(table[0][1], where)
+    num_shards = _field(header, 1, int, 0, where, "num_shards")
+    if _field(header, 2, int, 0, where, "endianness") != 0:
         raise CheckpointError(f"{index_path}: big-endian checkpoints are not supported")
     if num_shards < 1:
         raise CheckpointError(f"{index_path}: bad shard count {num_shards}")
@@ -257,15 +284,19 @@ def read_tf_checkpoint(path, verify_checksums: bool = True) -> dict[str, torch.T
             if verify_checksums and entry.crc32c is not None and mask_crc(crc32c(raw)) != entry.crc32c:
                 raise CheckpointError(f"{where}: checksum mismatch (corrupt data file); "
                                       "download the checkpoint again")
-            dtype = TF_DTYPES[entry.dtype]
-            numel = int(np.prod(entry.shape, dtype=np.int64)) if entry.shape else 1
-            if dtype == "bfloat16":
-                tensor = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16) if raw else torch.empty(0)
-                itemsize = 2
-            else:
-                itemsize = np.dtype(dtype).itemsize
-                tensor = torch.from_numpy(np.frombuffer(raw, dtype=dtype).copy())
-            if numel * itemsize != entry.size:
-                raise CheckpointError(f"{where}: {entry.size} bytes do not hold shape {list(entry.shape)}")
-            out[entry.name] = tensor.reshape(entry.shape)
+            out[entry.name] = _tensor(raw, entry, where)
     return out
+
+
+def _tensor(raw: bytes, entry: BundleEntry, where: str) -> torch.Tensor:
+    """One tensor from its bytes; CheckpointError unless they hold exactly dtype x shape."""
+    dtype = TF_DTYPES[entry.dtype]
+    itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    if math.prod(entry.shape) * itemsize != len(raw):
+        raise CheckpointError(f"{where}: {len(raw)} bytes do not hold shape {list(entry.shape)} of "
+                              f"{itemsize}-byte elements (a corrupt checkpoint)")
+    if dtype == "bfloat16":
+        tensor = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16) if raw else torch.empty(0, dtype=torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(np.frombuffer(raw, dtype=dtype).copy())
+    return tensor.reshape(entry.shape)
