@@ -9,7 +9,8 @@
 
 The checkpoint carries everything: the network spec and weights, the source and target text
 pipelines (vocabularies, BPE merges) and, when training chose one on the dev set (``--lenpen-grid``,
-on in the demo preset), the default length penalty. The work is done by
+on in the demo preset), the default length penalty; a stage-1 checkpoint records its frozen BERT's
+path and sha256 instead of BERT's weights (``--bert PATH`` when that file has moved). The work is done by
 ``nmt.decode.translator.Translator``: lines are encoded, sorted by length, translated in batches
 (beam search, nmt/decode/beam_search.py), decoded (BPE removed, detokenized) and written back in
 input order. The input is read and written in buffers: ``--buffer-size`` lines of a file, or the
@@ -159,6 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pair", default="en-de", choices=DEMO_PAIRS,
                    help="without --checkpoint: the demo run of this direction, checkpoints/demo-PAIR "
                         "(train.py --pair PAIR); default: %(default)s")
+    p.add_argument("--bert", metavar="PATH",
+                   help="a stage-1 checkpoint's BERT (it stores a reference, not the weights), when it is no longer "
+                        "at the path the checkpoint records; its sha256 must match")
     p.add_argument("--input", help="source text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="write translations here (default: stdout)")
     p.add_argument("--beam", type=int,
@@ -283,7 +287,8 @@ def main(argv=None) -> int:
         if demo_run and not Path(args.checkpoint).is_dir():
             raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
                                  f"(python train.py --pair {args.pair}) or pass --checkpoint")
-        translator = Translator.from_checkpoint(args.checkpoint, args.device, args.compute_type, int8=args.int8)
+        translator = Translator.from_checkpoint(args.checkpoint, args.device, args.compute_type, int8=args.int8,
+                                                bert=args.bert)
         if args.lenpen is None and not args.quiet and (args.beam or 10) > 1 and not args.sampling:
             print(f"length penalty {translator.lenpen:g} (the checkpoint's default; --lenpen to change)",
                   file=sys.stderr)

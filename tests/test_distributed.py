@@ -163,7 +163,9 @@ def test_two_processes_match_one_process_over_the_same_global_batches(work, exac
     loss; only rank 0 wrote (rank 1 may not open files for writing); the checkpoint has no "module."."""
     dist_dir, ref_dir = tmp_path / "dist", tmp_path / "ref"
     stage1 = dict(stage="decoder", encoder_cache="memory", max_steps=5, bert=exact_bert, **EXACT)    # 3 updates per epoch: crosses one
-    stage2 = dict(stage="finetune", init=str(dist_dir / "decoder" / "checkpoint_last.pt"), max_steps=4, **EXACT)
+    # stage 1's checkpoint holds a reference to its BERT, not its weights: stage 2 names the same BERT
+    stage2 = dict(stage="finetune", init=str(dist_dir / "decoder" / "checkpoint_last.pt"), max_steps=4, bert=exact_bert,
+                  **EXACT)
     t0 = time.time()
     proc, results = torchrun(tmp_path, [{"kind": "train", "cfg": config_dict(work, dist_dir, **stage1)},
                                         {"kind": "train", "cfg": config_dict(work, dist_dir, **stage2)}])

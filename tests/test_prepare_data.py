@@ -264,3 +264,49 @@ def test_demo_corpus_end_to_end(tmp_path):
         exact = sum(target.decode(data.pair(i)[1]) == de[data.line_numbers[i] - 1] for i in rows)
         assert exact >= 0.97 * len(rows), (split, exact, len(rows))
     assert prepare_demo(tmp_path / "demo", "en-de", bpe_merges=2000, print_fn=lambda s: None) == meta  # cached
+
+
+def test_bert_fit_report_counts_a_corpus_known_by_hand(tmp_path):
+    """A tiny BERT (vocab.txt + bert_config.json with 8 positions: 6 pieces) so every number is known."""
+    bert = tmp_path / "tiny-bert"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat",
+                                               "##s", ".", "dog", "ran", "x", "##y"]) + "\n", encoding="utf-8")
+    (bert / "bert_config.json").write_text(json.dumps({"max_position_embeddings": 8}), encoding="utf-8")
+    en = ["the cat sat .",               # 4 pieces, 4 words
+          "the cats sat on the mat",     # the cat ##s sat on the mat: 7 pieces > 6, 6 words; dropped as too long
+          "the zebra ran",               # the [UNK] ran: 3 pieces, 3 words, 1 [UNK]
+          "Dog xylophone .",             # dog [UNK] . (x ##y, then nothing matches: the whole word): 1 [UNK]
+          ""]                            # empty: dropped, not counted
+    train = write_pairs(tmp_path, "train", en, ["a", "b c", "d", "e", "f"])
+    valid = write_pairs(tmp_path, "dev", ["xyyyy the"], ["g"])     # x ##y ##y ##y ##y the: 6 pieces, 2 words
+    lines = []
+    meta = prepare(tmp_path / "out", train_prefix=train, valid_prefix=valid, src="en", tgt="vi",
+                   target_mode="tokenized", bert=bert, lowercase=True, bpe_merges=5, max_len=6, print_fn=lines.append)
+    fit = meta["bert_fit"]
+    assert fit["casing"].startswith("uncased") and fit["max_positions"] == 8
+    t, v = fit["splits"]["train"], fit["splits"]["valid"]
+    assert (t["lines"], t["pieces"], t["words"], t["unk"], t["lines_over_max_positions"]) == (4, 17, 16, 2, 1)
+    assert t["unk_word_share"] == 2 / 16 and t["unk_piece_share"] == 2 / 17 and t["pieces_per_word"] == 17 / 16
+    assert t["lines_over_share"] == 1 / 4
+    assert (v["lines"], v["pieces"], v["words"], v["unk"], v["pieces_per_word"]) == (1, 6, 2, 0, 3.0)
+    assert meta["splits"]["train"]["dropped"] == {"empty": 1, "too_long": 1}
+    warnings = fit["warnings"]
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("warning: train 12.50% of source words became [UNK] (above 1.00%)")
+    assert "--bert" in warnings[0] and "--cased" in warnings[0]
+    assert warnings[1].startswith("warning: valid 3.00 word pieces per source word (above 2.50)")
+    assert warnings[2].startswith("warning: train 25.00% of source lines exceed the encoder's 8 positions")
+    printed = "\n".join(lines)
+    assert "train: [UNK] 2 of 16 words (12.50%; 11.76% of 17 pieces), 1.06 pieces/word, 1 of 4 lines" in printed
+    assert all(w in printed for w in warnings)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["bert_fit"] == fit
+
+
+def test_no_bert_fit_for_a_bpe_source_and_none_above_thresholds_on_real_text(tmp_path, iwslt_prepared):
+    prefix = write_pairs(tmp_path, "train", ["a cat .", "the dog ."], ["eine Katze .", "der Hund ."])
+    meta = prepare(tmp_path / "bpe", train_prefix=prefix, src="en", tgt="vi", target_mode="tokenized",
+                   source_bpe=True, bpe_merges=10, print_fn=lambda s: None)
+    assert meta["bert_fit"] is None and "BERT fit" not in meta["summary"]
+    fit = json.loads((iwslt_prepared[0] / "meta.json").read_text())["bert_fit"]
+    assert fit["warnings"] == [] and 1.0 < fit["splits"]["train"]["pieces_per_word"] < 1.5

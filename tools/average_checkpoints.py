@@ -6,7 +6,8 @@
 
 The epoch checkpoints come from ``train.py --keep-last-epochs N``. The output translates like any
 checkpoint (``translate.py --checkpoint RUN/decoder/checkpoint_avg3.pt``); spec, vocabularies,
-config and the chosen length penalty are the newest input's (nmt.weights.checkpoint.average_checkpoints).
+config and the chosen length penalty are the newest input's (nmt.weights.checkpoint.average_checkpoints);
+stage-1 inputs average without their (frozen, shared) BERT and the output refers to it as they do.
 Exit status 2 with ``error: ...`` on bad input (a missing or corrupt file, another run's checkpoint).
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--num-epoch-checkpoints", nargs=2, metavar=("K", "STAGE_DIR"),
                        help="the last K checkpoint_epochN.pt of a stage directory, e.g. 3 RUN/decoder")
     p.add_argument("--output", required=True, help="the averaged checkpoint to write (atomically)")
+    p.add_argument("--bert", metavar="PATH", help="stage-1 inputs' BERT, if not at the path they record (needed "
+                                                  "only when their BERT weights must be read back)")
     return p
 
 
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = Path(args.output)
         if output.resolve() in {p.resolve() for p in inputs}:
             raise CheckpointError(f"{output}: is one of the inputs; write the average to another file")
-        state = average_checkpoints(inputs)
+        state = average_checkpoints(inputs, bert=args.bert)
         save_checkpoint(output, state)
     except (NmtError, OSError) as e:
         print(error_line(e), file=sys.stderr)

@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="with --checkpoint: cpu, cuda, ... (default: cpu)")
     parser.add_argument("--max-batches", type=int, metavar="N",
                         help="with --checkpoint: score only the split's first N batches (e.g. of --split train)")
+    parser.add_argument("--bert", type=Path,
+                        help="with --checkpoint: the BERT of a stage-1 checkpoint (which holds a reference to it, "
+                             "not its weights) when it is not where the checkpoint says")
     parser.add_argument("--dropout-on", action="store_true",
                         help="with --checkpoint: score with dropout on, as in training (a diagnostic: a model "
                              "far better with dropout than without has learned to depend on its noise)")
@@ -70,7 +73,7 @@ def run_perplexity(args: argparse.Namespace, print_fn=print) -> None:
     if args.max_batches is not None and args.max_batches < 1:
         raise EvaluationError(f"--max-batches must be at least 1, got {args.max_batches}")
     result = checkpoint_perplexity(args.checkpoint, args.data, args.split, device=args.device,
-                                   max_batches=args.max_batches, dropout=args.dropout_on)
+                                   max_batches=args.max_batches, dropout=args.dropout_on, bert=args.bert)
     print_fn(f"{args.split}{' (dropout on)' if args.dropout_on else ''}: loss {result['loss']:.4f} "
              f"nll {result['nll']:.4f} ppl {result['ppl']:.2f} ({result['sentences']:,} sentences, "
              f"{result['tokens']:,} target tokens; {args.checkpoint})")

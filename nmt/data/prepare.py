@@ -75,6 +75,16 @@ DEFAULT_BPE_MERGES = 16000
 DEFAULT_MAX_LEN = 250
 PROGRESS_EVERY = 500_000
 
+# BERT-fit report (WordPiece sources): how well the BERT's vocabulary and positions cover the source.
+# Above any of these thresholds, in any split, the summary warns and names the fix. Chosen from what
+# a BERT sees on text of a language it was trained for (English under an English uncased vocabulary:
+# well under 0.1% of words [UNK], 1.1-1.4 pieces per word, no line near 512 pieces) against a
+# language it does not cover (its script missing: many [UNK]s; a related script: words shredded
+# into 3+ pieces), with room for names, typos and rare symbols in real corpora.
+FIT_MAX_UNK_WORDS = 0.01         # > 1% of source words became [UNK]: the vocabulary lacks its characters
+FIT_MAX_PIECES_PER_WORD = 2.5    # > 2.5 pieces per word: words shredded, the language is barely covered
+FIT_MAX_LINES_CUT = 0.005        # > 0.5% of source lines longer than the encoder's positions (dropped)
+
 
 @dataclass
 class SplitStats:
@@ -90,6 +100,12 @@ class SplitStats:
     tgt_tokens: int = 0
     tgt_unk: int = 0
     empty_lines: list[int] = field(default_factory=list, repr=False)   # first few, for the report
+    # BERT fit (WordPiece sources), over every non-empty source line read, kept or dropped
+    fit_lines: int = 0
+    fit_pieces: int = 0            # word pieces, [CLS]/[SEP] not counted
+    fit_words: int = 0             # BERT's basic-tokenizer words: pieces that do not start with "##"
+    fit_unk: int = 0               # [UNK] pieces; each is one whole word
+    fit_over: int = 0              # lines with more pieces than the encoder's positions hold
 
     def drop_empty(self, line: int) -> None:
         """A pair with an empty side (blank, or no tokens): counted; the first few line numbers kept."""
@@ -98,11 +114,83 @@ class SplitStats:
             self.empty_lines.append(line)
 
 
+class BertFit:
+    """Counts the BERT fit of WordPiece source ids as the pipeline encodes them (no second
+    tokenization): words are the pieces not marked ``##`` (BERT's basic tokenizer makes every
+    word one [UNK] or a first piece plus ``##`` pieces; "#" is punctuation, so a word never starts
+    with it)."""
+
+    def __init__(self, source: SourcePipeline):
+        tokens = source.vocab_tokens
+        self.continuation = bytes(t.startswith("##") for t in tokens)
+        self.unk_id, self.max_pieces = source.tokenizer.unk_id, source.max_positions - 2
+
+    def add(self, st: SplitStats, ids: list[int]) -> None:
+        """One non-empty source line's ids, [CLS] ... [SEP] included."""
+        pieces = ids[1:-1]
+        st.fit_lines += 1
+        st.fit_pieces += len(pieces)
+        st.fit_words += len(pieces) - sum(map(self.continuation.__getitem__, pieces))
+        st.fit_unk += pieces.count(self.unk_id)
+        st.fit_over += len(pieces) > self.max_pieces
+
+
+def bert_fit_report(stats: dict[str, SplitStats], source: SourcePipeline) -> dict | None:
+    """meta.json's "bert_fit": per split the [UNK] shares, pieces per word and lines over the
+    encoder's positions; the thresholds; and a warning (with its fix) per threshold exceeded. None
+    for a BPE source (no BERT)."""
+    if source.kind != "wordpiece":
+        return None
+    casing = "uncased (lower-cased)" if source.do_lower_case else "cased"
+    splits = {}
+    for s in stats.values():
+        n, p, w = s.fit_lines, s.fit_pieces, s.fit_words
+        splits[s.name] = {"lines": n, "pieces": p, "words": w, "unk": s.fit_unk,
+                          "unk_piece_share": s.fit_unk / p if p else 0.0,
+                          "unk_word_share": s.fit_unk / w if w else 0.0,
+                          "pieces_per_word": p / w if w else 0.0,
+                          "lines_over_max_positions": s.fit_over, "lines_over_share": s.fit_over / n if n else 0.0}
+    other_casing = "--cased" if source.do_lower_case else "--uncased"
+    checks = (("unk_word_share", FIT_MAX_UNK_WORDS, "of source words became [UNK]", True,
+               f"use a BERT whose vocabulary covers the source language (--bert), or try {other_casing}"),
+              ("pieces_per_word", FIT_MAX_PIECES_PER_WORD, "word pieces per source word", False,
+               "use a BERT that covers the source language (--bert; a multilingual one if none exists)"),
+              ("lines_over_share", FIT_MAX_LINES_CUT, "of source lines exceed the encoder's "
+               f"{source.max_positions} positions and are dropped", True,
+               "split long lines into sentences, or use a BERT with more max_position_embeddings"))
+    warnings = []
+    for key, limit, what, share, fix in checks:
+        over = [(name, v[key]) for name, v in splits.items() if v[key] > limit]
+        if over:
+            fmt = (lambda x: f"{100 * x:.2f}%") if share else (lambda x: f"{x:.2f}")  # noqa: E731
+            found = ", ".join(f"{name} {fmt(x)}" for name, x in over)
+            warnings.append(f"warning: {found} {what} (above {fmt(limit)}); {fix}")
+    return {"casing": casing, "max_positions": source.max_positions, "splits": splits,
+            "thresholds": {"unk_word_share": FIT_MAX_UNK_WORDS, "pieces_per_word": FIT_MAX_PIECES_PER_WORD,
+                           "lines_over_share": FIT_MAX_LINES_CUT},
+            "warnings": warnings}
+
+
+def bert_fit_lines(fit: dict | None) -> list[str]:
+    """The fit report's lines for the summary."""
+    if fit is None:
+        return []
+    lines = [f"BERT fit (the source under the BERT's WordPiece, {fit['casing']}, "
+             f"{fit['max_positions']} positions):"]
+    for name, v in fit["splits"].items():
+        lines.append(f"  {name}: [UNK] {v['unk']:,} of {v['words']:,} words ({100 * v['unk_word_share']:.2f}%; "
+                     f"{100 * v['unk_piece_share']:.2f}% of {v['pieces']:,} pieces), "
+                     f"{v['pieces_per_word']:.2f} pieces/word, {v['lines_over_max_positions']:,} of "
+                     f"{v['lines']:,} lines ({100 * v['lines_over_share']:.2f}%) over {fit['max_positions']} positions")
+    return lines + fit["warnings"]
+
+
 def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, target_mode: str,
             valid_prefix: str | Path | None = None, test_prefixes: Sequence[str | Path] = (),
             bert: str | Path | None = None, lowercase: bool | None = None, bpe_merges: int = DEFAULT_BPE_MERGES,
             source_bpe: bool = False, source_bpe_merges: int | None = None, max_len: int = DEFAULT_MAX_LEN,
-            min_frequency: int = 2, reuse: bool = False, print_fn: Callable[[str], None] = print) -> dict:
+            min_frequency: int = 2, reuse: bool = False, pipelines_from: str | Path | None = None,
+            print_fn: Callable[[str], None] = print) -> dict:
     """Prepare the data directory ``out``; returns its meta.json contents (with a "summary" table).
 
     Splits are named "train", "valid" and "test", "test1", ... in the order of test_prefixes.
@@ -110,8 +198,19 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
     as is (train.py uses this for its cached demo data). ``lowercase``: --uncased (True) / --cased
     (False); None: as the BERT says. One preparation of ``out`` at a time: a second one while the
     first writes is a DataError naming its PID (the lock ``.OUT.lock`` beside it, nmt.files.exclusive_lock).
+    ``pipelines_from``: a trained model (checkpoint file or run directory) whose source and target
+    pipelines encode the data instead of new ones (continuing that model on new data: train.py
+    --init); ``bert``, ``lowercase``, ``source_bpe`` and the BPE settings are then not used, and
+    ``target_mode`` (None: the model's) must be the model's.
     """
     out = Path(out)
+    given = None
+    if pipelines_from is not None:
+        given = load_pipelines(pipelines_from)
+        target_mode = target_mode or given[1].mode
+        if target_mode != given[1].mode:
+            raise DataError(f"--target-mode {target_mode} differs from the {given[1].mode!r} mode of the model's "
+                            f"target pipeline ({pipelines_from}); drop --target-mode")
     if target_mode not in MODES:
         raise DataError(f"unknown --target-mode {target_mode!r} (expected one of {', '.join(MODES)})")
     if bpe_merges < 1 or max_len < 1:
@@ -123,7 +222,15 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
         prefixes["test" if k == 0 else f"test{k}"] = p
     files = {name: (resolve_side(p, src), resolve_side(p, tgt)) for name, p in prefixes.items()}
     source_merges = (source_bpe_merges or bpe_merges) if source_bpe else None
-    if source_bpe:
+    if given is not None:
+        source, max_positions = given[0], given[0].max_positions
+        bpe_merges, source_merges = len(given[1].bpe.merges), None
+        source_settings = {"kind": given[0].kind, "pipelines_from": str(pipelines_from),
+                           "source_sha256": vocab_fingerprint([json.dumps(given[0].to_dict(), sort_keys=True)]),
+                           "target_sha256": vocab_fingerprint([json.dumps(given[1].to_dict(), sort_keys=True)])}
+        if given[0].kind == "wordpiece":
+            source_settings["bert"] = f"the model's ({pipelines_from})"
+    elif source_bpe:
         source, max_positions = None, 1024        # the source pipeline is finished in pass 3
         source_settings = {"kind": "bpe", "merges": source_merges}
     else:
@@ -132,9 +239,9 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
         source_settings = {"kind": "wordpiece", "bert": str(bert or "default"),
                            "vocab_sha256": vocab_fingerprint(tokenizer.vocab_tokens),
                            "lowercase": tokenizer.do_lower_case, "max_positions": max_positions}
-        if max_len + 2 > max_positions:
-            raise DataError(f"--max-len {max_len} does not fit the encoder's {max_positions} positions "
-                            f"with [CLS] and [SEP] (needs max-len + 2 <= {max_positions})")
+    if source_settings["kind"] == "wordpiece" and max_len + 2 > max_positions:
+        raise DataError(f"--max-len {max_len} does not fit the encoder's {max_positions} positions "
+                        f"with [CLS] and [SEP] (needs max-len + 2 <= {max_positions})")
     settings = {"inputs": {name: _input_fingerprint(f) for name, f in files.items()}, "src": src, "tgt": tgt,
                 "target_mode": target_mode, "source": source_settings, "bpe_merges": bpe_merges,
                 "max_len": max_len, "min_frequency": min_frequency}
@@ -146,7 +253,23 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
             return meta
         return _prepare_locked(out, files, settings, target_mode=target_mode, bpe_merges=bpe_merges,
                                source_merges=source_merges, min_frequency=min_frequency, source=source,
-                               max_len=max_len, max_positions=max_positions, print_fn=print_fn)
+                               max_len=max_len, max_positions=max_positions,
+                               target=given[1] if given else None, print_fn=print_fn)
+
+
+def load_pipelines(path: str | Path) -> tuple[SourcePipeline, TargetPipeline]:
+    """The source and target pipelines a trained model was trained with: ``path`` is a checkpoint
+    file or a run directory (its best model, nmt.weights.checkpoint.best_checkpoint_path)."""
+    from nmt.weights.checkpoint import best_checkpoint_path, load_checkpoint
+    path = Path(path)
+    if path.is_dir():
+        path = best_checkpoint_path(path)
+    elif not path.is_file():
+        raise DataError(f"--pipelines-from {path}: no such checkpoint file or run directory; pass a trained model's "
+                        f"checkpoint_best.pt or its run directory")
+    ckpt = load_checkpoint(path, required=("source", "target"))
+    return (SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source"),
+            TargetPipeline.from_dict(ckpt["target"], what=f"{path}: target"))
 
 
 def reusable(out: Path, settings: dict, print_fn: Callable[[str], None]) -> dict | None:
@@ -165,13 +288,16 @@ def reusable(out: Path, settings: dict, print_fn: Callable[[str], None]) -> dict
 
 def _prepare_locked(out: Path, files: dict, settings: dict, *, target_mode: str, bpe_merges: int,
                     source_merges: int | None, min_frequency: int, source, max_len: int, max_positions: int,
-                    print_fn: Callable[[str], None]) -> dict:
-    """:func:`prepare`'s passes, under the lock of ``out``: built in .OUT.tmp-PID, renamed into place."""
+                    target: TargetPipeline | None, print_fn: Callable[[str], None]) -> dict:
+    """:func:`prepare`'s passes, under the lock of ``out``: built in .OUT.tmp-PID, renamed into place.
+    With ``target`` (and ``source``) given, a trained model's pipelines, every split is encoded with
+    them in one pass each; nothing is learned."""
     t0 = time.time()
     stats = {name: SplitStats(name, str(s), str(t)) for name, (s, t) in files.items()}
-    target_bpe, source_bpe_codes = learn_codes(*files["train"], target_mode=target_mode, bpe_merges=bpe_merges,
-                                               source_merges=source_merges, min_frequency=min_frequency,
-                                               print_fn=print_fn)
+    if target is None:
+        target_bpe, source_bpe_codes = learn_codes(*files["train"], target_mode=target_mode, bpe_merges=bpe_merges,
+                                                   source_merges=source_merges, min_frequency=min_frequency,
+                                                   print_fn=print_fn)
     for stale in remove_stale_temporaries(out.parent, also=(), names=f".{out.name}.tmp-*"):
         print_fn(f"removed {stale}, left behind by an interrupted preparation")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -179,12 +305,20 @@ def _prepare_locked(out: Path, files: dict, settings: dict, *, target_mode: str,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        info, provisional = encode_training_pairs(tmp, *files["train"], stats["train"], target_mode=target_mode,
-                                                  target_bpe=target_bpe, source=source,
-                                                  source_bpe=source_bpe_codes, max_len=max_len, print_fn=print_fn)
-        source, target = finish_vocabularies(tmp, info, provisional, stats["train"], target_mode=target_mode,
-                                             target_bpe=target_bpe, source=source, source_bpe=source_bpe_codes,
-                                             max_positions=max_positions)
+        if target is None:
+            info, provisional = encode_training_pairs(tmp, *files["train"], stats["train"], target_mode=target_mode,
+                                                      target_bpe=target_bpe, source=source,
+                                                      source_bpe=source_bpe_codes, max_len=max_len, print_fn=print_fn)
+            source, target = finish_vocabularies(tmp, info, provisional, stats["train"], target_mode=target_mode,
+                                                 target_bpe=target_bpe, source=source, source_bpe=source_bpe_codes,
+                                                 max_positions=max_positions)
+        else:
+            info = {"train": encode_split(tmp, "train", *files["train"], stats["train"], source, target,
+                                          max_len=max_len)}
+            if info["train"]["pairs"] == 0:
+                raise DataError(f"{files['train'][0]}, {files['train'][1]}: no training pairs left after filtering "
+                                f"({stats['train'].read} read, {stats['train'].empty} empty, "
+                                f"{stats['train'].too_long} longer than --max-len {max_len})")
         for name, (s_path, t_path) in files.items():
             if name != "train":
                 info[name] = encode_split(tmp, name, s_path, t_path, stats[name], source, target)
@@ -346,6 +480,7 @@ def encode_training_pairs(tmp: Path, train_src: Path, train_tgt: Path, st: Split
     ``source``: the BERT source pipeline, or None with ``source_bpe`` (the baselines)."""
     provisional: dict[str, dict[str, int]] = {"src": {}, "tgt": {}}
     source_specials = 1 if source_bpe is not None else 2          # EOS, or [CLS] and [SEP]
+    fit = BertFit(source) if source_bpe is None else None
     writer = SplitWriter(tmp, "train")
     for n, s, t in read_pairs(train_src, train_tgt):
         st.read += 1
@@ -357,6 +492,8 @@ def encode_training_pairs(tmp: Path, train_src: Path, train_tgt: Path, st: Split
         else:
             s_ids = source.encode(s)
             s_len = len(s_ids) - source_specials
+            if s_len:
+                fit.add(st, s_ids)
         t_tok = target_bpe.segment_tokens(pre_bpe_tokens(t, target_mode))
         if s_len == 0 or not t_tok:
             st.drop_empty(n)
@@ -447,17 +584,23 @@ def _remap_in_place(path: Path, table: np.ndarray, chunk: int = 1 << 24) -> None
 # dev and test splits, and the output
 
 def encode_split(tmp: Path, name: str, src_path: Path, tgt_path: Path, st: SplitStats, source: SourcePipeline,
-                 target: TargetPipeline) -> dict:
-    """A dev or test split encoded with the finished pipelines; returns its meta.json entry."""
+                 target: TargetPipeline, max_len: int | None = None) -> dict:
+    """A dev or test split encoded with the finished pipelines; returns its meta.json entry. With
+    ``max_len`` (a training split encoded with a trained model's pipelines) pairs with more subword
+    tokens on a side are dropped too, as in :func:`encode_training_pairs`."""
     source_specials = 2 if source.kind == "wordpiece" else 1
+    fit = BertFit(source) if source.kind == "wordpiece" else None
     writer = SplitWriter(tmp, name)
     for n, s, t in read_pairs(src_path, tgt_path):
         st.read += 1
         s_ids, t_ids = source.encode(s), target.encode(t)
+        if fit is not None and len(s_ids) > source_specials:
+            fit.add(st, s_ids)
         if len(s_ids) <= source_specials or not t_ids:
             st.drop_empty(n)
             continue
-        if len(s_ids) > source.max_positions:
+        too_long = max_len is not None and (len(s_ids) - source_specials > max_len or len(t_ids) > max_len)
+        if len(s_ids) > source.max_positions or too_long:
             st.too_long += 1
             continue
         st.tgt_unk += t_ids.count(Vocab.UNK)
@@ -483,7 +626,9 @@ def write_meta(tmp: Path, info: dict, stats: dict[str, SplitStats], settings: di
                        "bpe_merges": len(source.bpe.merges) if source.kind == "bpe" else None},
             "target": {"mode": target.mode, "vocab_size": len(target.vocab),
                        "vocab_sha256": vocab_fingerprint(target.vocab.symbols), "bpe_merges": len(target.bpe.merges)},
-            "summary": summary_table(stats, source, target, target.bpe, bpe_merges)}
+            "bert_fit": bert_fit_report(stats, source)}
+    meta["summary"] = "\n".join([summary_table(stats, source, target, target.bpe, bpe_merges)]
+                                 + bert_fit_lines(meta["bert_fit"]))
     write_json(tmp / "meta.json", meta)
     return meta
 

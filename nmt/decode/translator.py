@@ -96,11 +96,13 @@ class Translator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", compute_type: str = "float32",
-                        int8: bool = False) -> "Translator":
+                        int8: bool = False, bert: str | Path | None = None) -> "Translator":
         """Load for decoding: every Linear swapped for a faster inference kernel of ``compute_type``
         (as CTranslate2 names them: float32, oneDNN-packed on the CPU; bfloat16; int8, the decoder's
         layers, CPU only; nmt/cpu/inference_linear.py). ``int8=True`` is ``compute_type="int8"``. The
-        default length penalty is the checkpoint's dev-set choice (nmt/decode/lenpen_choice.py), else 1.0."""
+        default length penalty is the checkpoint's dev-set choice (nmt/decode/lenpen_choice.py), else 1.0.
+        A stage-1 checkpoint holds no BERT weights: they are read from ``bert`` if given, else from the
+        BERT file it records (its sha256 checked; nmt/weights/checkpoint.py attach_bert)."""
         device = translation_device(device)
         compute_type = "int8" if int8 else compute_type
         try:
@@ -108,7 +110,7 @@ class Translator:
         except ValueError as e:
             raise TranslateError(f"--compute-type {compute_type}: {e}") from None
         path = resolve_checkpoint(path)
-        ckpt = load_checkpoint(path)            # checks it has model_spec, model, source and target
+        ckpt = load_checkpoint(path, bert=bert)     # checks it has model_spec, model, source and target
         source = SourcePipeline.from_dict(ckpt["source"], what=f"{path}: source")
         target = TargetPipeline.from_dict(ckpt["target"], what=f"{path}: target")
         model, spec = model_from_checkpoint(ckpt, path)

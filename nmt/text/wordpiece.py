@@ -1,7 +1,9 @@
 """BERT WordPiece: the source-side tokenizer, an exact re-implementation of Google's rules.
 
 The spec is google-research/bert ``tokenization.py`` (``FullTokenizer``); the parity tests run
-Google's own code on real text and require identical pieces. Two stages:
+Google's own code on real text and require identical pieces, and Hugging Face's ``BertTokenizer``
+gives the same pieces on multilingual text with a multilingual BERT's vocabulary, cased and uncased
+(tests/test_multilingual.py; its few known differences: tests/test_wordpiece.py). Two stages:
 
 1. *Basic tokenization* (``BasicTokenizer``): drop NUL, U+FFFD and control characters
    (Unicode Cc/Cf except tab, newline, carriage return); turn whitespace (those three, space and

@@ -241,7 +241,8 @@ def check_resume(cfg: TrainConfig, path: Path, print_fn: Callable[[str], None]) 
 
 def init_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:
     """The checkpoint --stage finetune starts from: --init as a file, or as a run directory (its
-    decoder/checkpoint_best.pt) or a stage directory (its checkpoint_best.pt); without --init, this
+    decoder/checkpoint_best.pt; with --reset-optimizer its best model, finetune/ first:
+    best_checkpoint_path) or a stage directory (its checkpoint_best.pt); without --init, this
     run's decoder/checkpoint_best.pt. A TrainingError names each path looked for."""
     def only_last(best: Path) -> str:
         last = best.with_name("checkpoint_last.pt")
@@ -260,7 +261,9 @@ def init_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:
     if not given.is_dir():
         raise TrainingError(f"--init {given}: no such file or directory; pass a stage-1 checkpoint file "
                             f"(RUN_DIR/decoder/checkpoint_best.pt) or its run directory")
-    looked = [stage_dir(given, "decoder") / "checkpoint_best.pt", given / "checkpoint_best.pt"]
+    first = "finetune" if cfg.reset_optimizer and (stage_dir(given, "finetune") / "checkpoint_best.pt").is_file() \
+        else "decoder"
+    looked = [stage_dir(given, first) / "checkpoint_best.pt", given / "checkpoint_best.pt"]
     found = next((c for c in looked if c.is_file()), None)
     if found is None:
         raise TrainingError(f"--init {given}: a directory without a stage-1 best checkpoint (looked for "
@@ -364,7 +367,7 @@ def assemble_run(cfg: TrainConfig, print_fn: Callable[[str], None] = print) -> R
         if not path.is_file():
             raise TrainingError(f"{path}: nothing to resume (no checkpoint_last.pt for stage {cfg.stage!r}); "
                                 f"drop --resume to start this stage")
-        resume_state = load_checkpoint(path, required=REQUIRED_FOR_RESUME)
+        resume_state = load_checkpoint(path, required=REQUIRED_FOR_RESUME, bert=cfg.bert)
         if resume_state["stage"] != cfg.stage:
             raise TrainingError(f"{path}: a {resume_state['stage']!r} checkpoint, but --stage is {cfg.stage!r}")
         check_vocabularies(resume_state, source, target, path, data_dir)
@@ -373,12 +376,13 @@ def assemble_run(cfg: TrainConfig, print_fn: Callable[[str], None] = print) -> R
                  f"batch {resume_state['batch_in_epoch']})")
     elif cfg.stage == "finetune":
         path = init_checkpoint(cfg, run_dir)
-        init = load_checkpoint(path)
+        init = load_checkpoint(path, bert=cfg.bert)       # a stage-1 checkpoint gets its BERT back
         check_vocabularies(init, source, target, path, data_dir)
         model, spec = model_from_checkpoint(init, path, encoder_dropout(cfg))
         if spec.arch != "bert":
             raise TrainingError(f"{path}: a {spec.arch} model; --stage finetune needs a BERT stage-1 checkpoint")
-        print_fn(f"fine-tuning from {path}")
+        print_fn(f"fine-tuning from {path}" + (f" (its {init.get('stage', '?')} model; fresh optimizer, schedule "
+                                                f"and best score: --reset-optimizer)" if cfg.reset_optimizer else ""))
     else:
         model, spec = build_new_model(cfg, source, target, data_dir, print_fn)
     return Run(model, spec, source, target, train, valid, out_dir, resume_state)

@@ -65,6 +65,14 @@ class TrainConfig:
                                               "directory name or what its .pt records)", THIS_COMMAND)
     init: str | None = flag(None, "finetune: the stage-1 checkpoint, a file or a run directory (its "
                                   "decoder/checkpoint_best.pt); none: RUN_DIR/decoder/checkpoint_best.pt", MUST_MATCH)
+    # A field, not only what --init does: every --init already starts a fresh optimizer, schedule and
+    # best score (a checkpoint's weights are all it takes); this flag says the start is another trained
+    # model continued on new data, so --init RUN_DIR means that run's best model, any stage (fairseq's
+    # --reset-optimizer, JoeyNMT's reset_*); MUST_MATCH like --init: it decides what the stage starts from.
+    reset_optimizer: bool = flag(False, "finetune: continue any trained model (stage 1 or 2) on new data prepared with "
+                                        "tools/prepare_data.py --pipelines-from it: --init RUN_DIR means its best "
+                                        "model (finetune/ if present, else decoder/); the optimizer, LR schedule and "
+                                        "best dev score start fresh, as with every --init", MUST_MATCH)
     run_dir: str | None = flag(None, "run directory; none: checkpoints/demo-PAIR or checkpoints/DATA_NAME (+ -ARCH "
                                      "for baselines)", THIS_COMMAND)
     resume: bool = flag(False, "continue from RUN_DIR/STAGE/checkpoint_last.pt (model, optimizer, schedule, RNG, "
@@ -178,6 +186,8 @@ class TrainConfig:
                     "decoder_layers": self.decoder_layers, "update_freq": self.update_freq}
         if self.keep_last_epochs < 0:
             raise ConfigError(f"--keep-last-epochs must be >= 0, got {self.keep_last_epochs}")
+        if self.reset_optimizer and self.stage != "finetune":
+            raise ConfigError(f"--reset-optimizer goes with --stage finetune --init MODEL, not --stage {self.stage}")
         if self.best_metric not in ("loss", "bleu"):
             raise ConfigError(f"unknown --best-metric {self.best_metric!r}; expected loss or bleu")
         if self.best_metric == "bleu" and not self.dev_bleu:

@@ -61,7 +61,7 @@ def sum_losses(data: ParallelData, batches, src_pad_id: int, device, loss_fn) ->
 
 def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: str = "valid", *,
                           device: str = "cpu", max_sentences: int | None = None, max_batches: int | None = None,
-                          dropout: bool = False) -> dict:
+                          dropout: bool = False, bert: str | Path | None = None) -> dict:
     """Label-smoothed loss, NLL per token and perplexity of a checkpoint on a prepared split.
 
     The trainer's dev evaluation (nmt/train/trainer.py ``Trainer.evaluate``): dropout off, the same
@@ -73,13 +73,15 @@ def checkpoint_perplexity(checkpoint: str | Path, data_dir: str | Path, split: s
     scores with dropout on, as in training (dropout masks from seed 0), and ``max_batches`` scores
     only the first batches (a quick look at the training split): if the model does much better with
     dropout than without, on the training data itself, it has learned to depend on dropout's noise.
+    ``bert``: the BERT of a stage-1 checkpoint, which holds only a reference to it, when it is not
+    where the checkpoint says (nmt/weights/checkpoint.py).
     """
     data_dir, checkpoint = Path(data_dir), Path(checkpoint)
     splits = read_meta(data_dir).get("splits", {})
     if split not in splits:
         raise EvaluationError(f"{data_dir}: no split {split!r} (has {', '.join(sorted(splits)) or 'none'}); "
                               f"prepare it with tools/prepare_data.py (--valid-prefix / --test-prefix)")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, bert=bert)
     data = ParallelData(data_dir, split)
     source = SourcePipeline.from_dict(data.source_config, what=str(data_dir / "source.json"))
     target = TargetPipeline.from_dict(data.target_config, what=str(data_dir / "target.json"))

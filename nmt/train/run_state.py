@@ -39,7 +39,15 @@ from nmt.decode.lenpen_choice import parse_grid
 from nmt.files import atomic_copy, atomic_write, fault_point
 from nmt.model.seq2seq import count_parameters, format_parameter_counts
 from nmt.train.evaluation import Totals
-from nmt.weights.checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nmt.weights.checkpoint import (
+    FORMAT,
+    bert_reference,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    without_bert,
+)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)    # saved like Ctrl-C; ranks agree in this order
@@ -318,9 +326,28 @@ class RunState:
             self.print(msg)
 
     # -- the state in checkpoint_last.pt
+    _bert_reference: dict | None = None     # stage 1: the frozen BERT's path and sha256 (hashed once per run)
+
+    def frozen_bert(self) -> dict | None:
+        """Stage 1 (BERT frozen): what its checkpoints record of the BERT instead of its weights -- the
+        resumed checkpoint's reference, else the file this run loaded (--bert, or the default), hashed
+        once. None for the other stages: their checkpoints hold the encoder."""
+        if self.cfg.stage != "decoder" or self.spec.arch != "bert":
+            return None
+        if self._bert_reference is None:
+            from nmt.weights.pretrained import default_bert_path
+            self._bert_reference = bert_reference(self.cfg.bert or default_bert_path(), default=self.cfg.bert is None)
+        return self._bert_reference
+
     def state_dict(self) -> dict:
-        return {"format": FORMAT, "stage": self.cfg.stage, "model_spec": self.spec.to_dict(),
-                "model": self.model.state_dict(), "source": self.source.to_dict(), "target": self.target.to_dict(),
+        """Everything --resume needs; in stage 1 without the frozen BERT's tensors (a reference to its
+        file instead: nmt/weights/checkpoint.py, bert_reference), which would be most of the file."""
+        model, extra = self.model.state_dict(), {}
+        reference = self.frozen_bert()
+        if reference is not None:
+            model, extra["bert_reference"] = without_bert(model, reference)
+        return {"format": FORMAT, "stage": self.cfg.stage, "model_spec": self.spec.to_dict(), **extra,
+                "model": model, "source": self.source.to_dict(), "target": self.target.to_dict(),
                 "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -338,6 +365,9 @@ class RunState:
         self.best_dev_bleu = state.get("best_dev_bleu")            # absent in older checkpoints
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))     # absent in older checkpoints
         self.owed = dict(state.get("owed") or {})                     # end-of-epoch work still to do
+        if state.get("bert_reference"):                               # stage 1: the same BERT as before
+            self._bert_reference = {k: v for k, v in state["bert_reference"].items()
+                                    if k not in ("parameters", "tensor_bytes")}
         if self.batch_in_epoch > 0 and "epoch_totals" in state:      # the epoch's sums so far
             self.epoch_totals = Totals(**state["epoch_totals"])
             self.epoch_seconds = float(state.get("epoch_seconds", 0.0))

@@ -7,7 +7,12 @@ it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
     format          "nmt-checkpoint/1"
     stage           "decoder" | "finetune" | "direct" | "scratch"
     model_spec      ModelSpec.to_dict()           (nmt/model/seq2seq.py: rebuilds the network)
-    model           the model's state dict
+    model           the model's state dict; in a stage-1 checkpoint ("decoder": BERT frozen) without the
+                    encoder's tensors ("encoder.*"), which are the BERT file's, unchanged
+    bert_reference  stage 1 only: the BERT those tensors are read from when it loads
+                    (:func:`attach_bert`): {"path" (as given to train.py --bert), "resolved" (absolute),
+                    "default" (True: the installed all-MiniLM-L6-v2), "sha256" (nmt/weights/pretrained.py
+                    bert_sha256), "file_bytes", "parameters", "tensor_bytes" (the tensors left out)}
     source, target  SourcePipeline / TargetPipeline .to_dict() (the vocabularies, BPE codes)
     config          TrainConfig.to_dict()
     optimizer       the optimizer's state dict
@@ -72,8 +77,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_TRANSLATION,
-                    map_location: str | torch.device = "cpu") -> dict:
-    """Load and validate a checkpoint (weights_only: no code is executed)."""
+                    map_location: str | torch.device = "cpu", bert: str | Path | None = None,
+                    with_bert: bool = True) -> dict:
+    """Load and validate a checkpoint (weights_only: no code is executed). When ``required`` names
+    "model" (and ``with_bert``), a stage-1 checkpoint gets its BERT's tensors back
+    (:func:`attach_bert`: from ``bert``, else the path it records); otherwise it is as stored."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -91,25 +99,90 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_T
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing} (a partial or foreign checkpoint)")
+    if with_bert and "model" in required:
+        attach_bert(state, path, bert)
+    return state
+
+
+ENCODER_PREFIX = "encoder."             # the BERT's tensors in a Seq2Seq state dict
+
+
+def bert_reference(bert: str | Path, default: bool = False) -> dict:
+    """What a stage-1 checkpoint records of the BERT ``bert`` (a native .pt or a TF/HF directory) instead
+    of its weights: path as given and resolved, sha256 (hashed once per process), file size."""
+    from nmt.weights.pretrained import bert_sha256
+    path = Path(bert)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else path.stat().st_size
+    return {"path": str(bert), "resolved": str(path.resolve()), "default": bool(default),
+            "sha256": bert_sha256(path), "file_bytes": int(size)}
+
+
+def without_bert(model_state: dict, reference: dict) -> tuple[dict, dict]:
+    """A stage-1 state dict without the frozen BERT's tensors, and ``reference`` completed with what
+    was left out (parameters, bytes): the checkpoint saves the decoder only."""
+    dropped = [t for name, t in model_state.items() if name.startswith(ENCODER_PREFIX)]
+    kept = {name: t for name, t in model_state.items() if not name.startswith(ENCODER_PREFIX)}
+    return kept, {**reference, "parameters": sum(t.numel() for t in dropped),
+                  "tensor_bytes": sum(t.numel() * t.element_size() for t in dropped)}
+
+
+def attach_bert(state: dict, path: str | Path, bert: str | Path | None = None) -> dict:
+    """Put a stage-1 checkpoint's BERT tensors back into ``state["model"]`` (in place; nothing to do
+    for a checkpoint that holds them): read from ``bert`` if given, else from the path it records
+    (resolved, as given, or the default BERT's place), after checking the file's sha256. A missing
+    or different BERT is a CheckpointError naming the file and --bert."""
+    reference = state.get("bert_reference")
+    model = state.get("model")
+    if not isinstance(reference, dict) or not isinstance(model, dict) \
+            or any(name.startswith(ENCODER_PREFIX) for name in model):
+        return state
+    from nmt.weights.pretrained import bert_sha256, default_bert_path, load_native, read_bert_dir
+    recorded, want = reference.get("path"), str(reference.get("sha256"))
+    what = f"the BERT it was trained with ({recorded}, sha256 {want[:16]})"
+    if bert is not None:
+        candidates = [Path(bert)]
+    else:
+        candidates = [Path(reference.get("resolved", recorded)), Path(recorded)]
+        candidates += [default_bert_path()] if reference.get("default") else []
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        looked = " or ".join(dict.fromkeys(str(c) for c in candidates))
+        raise CheckpointError(f"{path}: a stage-1 checkpoint without its BERT weights, and {looked} is missing; "
+                              f"pass --bert PATH (bert= in Python) with {what}")
+    digest = bert_sha256(found)
+    if digest != want:
+        raise CheckpointError(f"{found}: not the BERT {path} was trained with (its sha256 is {digest[:16]}, the "
+                              f"checkpoint records {want[:16]} for {recorded}); pass --bert PATH (bert= in Python) "
+                              f"with {what}")
+    weights = (read_bert_dir(found, lower_case=True) if found.is_dir() else load_native(found)).state_dict
+    state["model"] = {**{ENCODER_PREFIX + name: t for name, t in weights.items() if not name.startswith("pooler.")},
+                      **model}
     return state
 
 
 def update_checkpoint(path: str | Path, **entries) -> None:
-    """Set top-level keys of a saved checkpoint (e.g. ``decoding=...``), rewriting it atomically."""
+    """Set top-level keys of a saved checkpoint (e.g. ``decoding=...``), rewriting it atomically (as
+    stored: a stage-1 checkpoint stays without its BERT)."""
     state = load_checkpoint(path, required=())
     state.update(entries)
     save_checkpoint(path, state)
 
 
-def average_checkpoints(paths: list[str | Path]) -> dict:
+def average_checkpoints(paths: list[str | Path], bert: str | Path | None = None) -> dict:
     """The parameters of several checkpoints of one run averaged (fairseq's average_checkpoints; the
     last epochs' average usually translates a little better than any one of them). Everything
     else -- spec, text pipelines, config, chosen length penalty -- is the newest input's (highest
     step); optimizer state and resume bookkeeping are dropped, so the result is for translation.
-    Inputs with another network spec or other vocabularies are refused."""
+    Inputs with another network spec or other vocabularies are refused. Stage-1 checkpoints of one
+    BERT (same sha256) average without it and the result refers to it too; otherwise each gets its
+    BERT back first (``bert``: as for :func:`load_checkpoint`)."""
     if len(paths) < 2:
         raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
-    states = [(Path(p), load_checkpoint(p)) for p in paths]
+    states = [(Path(p), load_checkpoint(p, with_bert=False)) for p in paths]
+    shared = {str(s.get("bert_reference", {}).get("sha256")) if "bert_reference" in s else None
+              for _, s in states}
+    if len(shared) != 1 or any(name.startswith(ENCODER_PREFIX) for _, s in states for name in s["model"]):
+        states = [(p, attach_bert(s, p, bert)) for p, s in states]
     newest_path, newest = max(states, key=lambda item: (int(item[1].get("step", 0)), str(item[0])))
     for path, state in states:
         for key in ("model_spec", "source", "target"):
@@ -124,6 +197,8 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
         else:                       # integer buffers (none in our models today) are taken as they are
             model[name] = tensor
     keep = ("format", "stage", "model_spec", "source", "target", "config", "decoding", "step", "epoch")
+    if not any(name.startswith(ENCODER_PREFIX) for name in model):
+        keep += ("bert_reference",)
     return {**{k: newest[k] for k in keep if k in newest}, "model": model,
             "averaged_from": [str(p) for p, _ in states]}
 
@@ -139,12 +214,14 @@ def epoch_checkpoints(stage_dir: str | Path, last: int) -> list[Path]:
     return [p for _, p in found[-last:]]
 
 
-def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
-                          encoder_dropout: float | None = None) -> tuple[Seq2Seq, ModelSpec]:
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint", encoder_dropout: float | None = None,
+                          bert: str | Path | None = None) -> tuple[Seq2Seq, ModelSpec]:
     """The network a loaded checkpoint describes, with its weights; ``encoder_dropout`` replaces
     BERT's hidden dropout (fine-tuning with --encoder-dropout). The spec is checked before anything
     is allocated: its own sizes (``ModelSpec.validate``), against the checkpoint's vocabularies, and
-    against every stored tensor's shape (:func:`check_weights_fit`)."""
+    against every stored tensor's shape (:func:`check_weights_fit`). A stage-1 checkpoint's BERT is
+    read back first if it was not (:func:`attach_bert`, ``bert``)."""
+    attach_bert(ckpt, path, bert)
     spec = ModelSpec.from_dict(ckpt["model_spec"], what=f"{path}: model_spec")
     if encoder_dropout is not None and spec.bert_config:
         spec.bert_config = {**spec.bert_config, "hidden_dropout_prob": encoder_dropout}
@@ -186,7 +263,7 @@ def check_weights_fit(state: dict, spec: ModelSpec, path: str | Path) -> None:
 def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,
                        data_dir: Path) -> None:
     """A checkpoint can only continue on (or be scored on) data encoded with the same source and
-    target vocabularies."""
+    target vocabularies: its own data, or new data prepared with its pipelines (--pipelines-from)."""
     for side, pipeline in (("source", source), ("target", target)):
         theirs = list(ckpt[side].get("vocab", []))
         ours = list(pipeline.vocab_tokens if side == "source" else pipeline.vocab.symbols)
@@ -194,7 +271,8 @@ def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipelin
             diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
             raise CheckpointError(f"{ckpt_path}: its {side} vocabulary ({len(theirs)} entries) differs from the data's "
                                   f"in {data_dir} ({len(ours)} entries; first difference at id {diff}); use the data "
-                                  f"directory the checkpoint was trained on")
+                                  f"directory the checkpoint was trained on, or prepare this data with the "
+                                  f"checkpoint's pipelines (tools/prepare_data.py --pipelines-from {ckpt_path})")
 
 
 def rng_state() -> dict:

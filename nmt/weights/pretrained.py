@@ -53,7 +53,8 @@ from nmt.weights.tf_checkpoint import checkpoint_prefix, read_tf_checkpoint
 
 NATIVE_FORMAT = "nmt-bert/1"
 
-__all__ = ["Casing", "NativeBert", "bert_casing", "decide_lower_case", "default_bert_path", "directory_casing",
+__all__ = ["Casing", "NativeBert", "bert_casing", "bert_sha256", "decide_lower_case", "default_bert_path",
+           "directory_casing",
            "ensure_default_bert", "load_bert", "read_bert_dir", "save_native", "load_native"]
 
 
@@ -98,9 +99,56 @@ class Casing:
         return f"{what} ({self.how})"
 
 
+def _json_object(path: Path) -> dict | None:
+    """A JSON file's object, None if the file is absent; anything else is a CheckpointError."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a JSON object ({error}); fix or remove it") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object ({type(value).__name__}); fix or remove it")
+    return value
+
+
+def _naming_casing(name: str) -> bool | None:
+    parts = set(re.split(r"[-_.]", name.lower()))
+    if "uncased" in parts or name.lower().startswith(GOOGLE_UNCASED_PREFIXES):
+        return True
+    return False if "cased" in parts else None
+
+
+def _check_hf_options(options: dict, lower: bool, where: Path) -> None:
+    """Refuse Hugging Face tokenizer options that WordPieceTokenizer does not have: accents stripped
+    other than exactly when lower-casing (``strip_accents``), CJK ideographs not split."""
+    strip = options.get("strip_accents")
+    if strip is not None and bool(strip) != lower:
+        raise CheckpointError(
+            f"{where}: strip_accents {str(strip).lower()} with do_lower_case {str(lower).lower()}; nmt's WordPiece "
+            f"follows Google's rule (accents are stripped exactly when lower-casing), so it would tokenize this "
+            f"BERT differently from its own tokenizer; remove strip_accents (or set it to null) to accept that")
+    chinese = options.get("tokenize_chinese_chars", options.get("handle_chinese_chars"))
+    if chinese is not None and not chinese:
+        raise CheckpointError(
+            f"{where}: tokenize_chinese_chars false; nmt's WordPiece always splits CJK ideographs (Google's rule), "
+            f"so it would tokenize this BERT differently from its own tokenizer; remove the setting to accept that")
+
+
 def directory_casing(directory) -> Casing:
-    """tokenizer_config.json's ``do_lower_case``, else Google's naming (a name part "uncased" or "cased",
-    as in uncased_L-12_H-768_A-12 and multi_cased_L-12_H-768_A-12), else unknown.
+    """Whether the BERT directory lower-cases, as its own tokenizer would:
+
+    1. tokenizer_config.json's ``do_lower_case`` (Hugging Face);
+    2. a directory with Hugging Face tokenizer files (tokenizer_config.json or tokenizer.json) but no
+       ``do_lower_case``: Hugging Face's BertTokenizer lower-cases (its default, whatever
+       tokenizer.json's normalizer says), so nmt does too -- unless tokenizer.json's normalizer or the
+       name says cased, which is a contradiction left to --cased / --uncased;
+    3. Google's naming, for its TF releases that ship no tokenizer files (a name part "uncased" or
+       "cased", as in uncased_L-12_H-768_A-12 and multi_cased_L-12_H-768_A-12);
+    4. else unknown.
+
+    Options WordPieceTokenizer lacks (``strip_accents`` other than the casing's, ``tokenize_chinese_chars``
+    false) are refused (CheckpointError), rather than tokenizing differently from the model's tokenizer.
 
     >>> directory_casing("models/uncased_L-12_H-768_A-12").lower, directory_casing("m/cased_L-24_H-1024_A-16").lower
     (True, False)
@@ -108,20 +156,31 @@ def directory_casing(directory) -> Casing:
     Casing(lower=None, how='no tokenizer_config.json; its name mybert says neither cased nor uncased')
     """
     directory = Path(directory)
-    config = directory / "tokenizer_config.json"
-    if config.is_file():
-        try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-            raise CheckpointError(f"{config}: not a JSON object ({error}); fix or remove it") from None
-        if isinstance(value, bool):
-            return Casing(value, f"do_lower_case {str(value).lower()} in {config}")
+    config_path, fast_path = directory / "tokenizer_config.json", directory / "tokenizer.json"
+    config = _json_object(config_path)
+    fast = _json_object(fast_path)
+    normalizer = (fast or {}).get("normalizer")
+    normalizer = normalizer if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer" else {}
     name = directory.resolve().name
-    parts = set(re.split(r"[-_.]", name.lower()))
-    if "uncased" in parts or name.lower().startswith(GOOGLE_UNCASED_PREFIXES):
-        return Casing(True, f"Google's naming: {name}")
-    if "cased" in parts:
-        return Casing(False, f"Google's naming: {name}")
+    value = (config or {}).get("do_lower_case")
+    if isinstance(value, bool):
+        _check_hf_options(config, value, config_path)
+        return Casing(value, f"do_lower_case {str(value).lower()} in {config_path}")
+    if config is not None or fast is not None:
+        said = normalizer.get("lowercase")
+        where = f"lowercase {str(said).lower()} in {fast_path}" if isinstance(said, bool) else None
+        if not isinstance(said, bool):
+            said = _naming_casing(name)
+            where = f"its name {name}" if said is not None else None
+        files = " and ".join(str(p.name) for p, d in ((config_path, config), (fast_path, fast)) if d is not None)
+        if said is False:
+            return Casing(None, f"{directory}: {files} without do_lower_case, so Hugging Face's BertTokenizer "
+                                f"lower-cases (its default), but {where} says cased")
+        _check_hf_options({**normalizer, **(config or {})}, True, config_path if config is not None else fast_path)
+        return Casing(True, f"{files} in {directory} without do_lower_case: Hugging Face's default, lower-cases")
+    said = _naming_casing(name)
+    if said is not None:
+        return Casing(said, f"Google's naming: {name}")
     return Casing(None, f"no tokenizer_config.json; its name {name} says neither cased nor uncased")
 
 
@@ -196,6 +255,37 @@ def save_native(bert: NativeBert, path) -> str:
     with atomic_write(path) as f:
         torch.save(bert.to_dict(), f)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# weights files a BERT directory is read from (read_bert_dir): what bert_sha256 hashes for a directory
+_DIRECTORY_WEIGHTS = ("*.index", "*.data-*", "model.safetensors", "pytorch_model.bin", "bert_config.json",
+                      "config.json", "vocab.txt")
+_sha256_cache: dict[tuple, str] = {}
+
+
+def bert_sha256(path) -> str:
+    """The SHA-256 a stage-1 checkpoint records for the BERT it leaves out (nmt/weights/checkpoint.py):
+    of the file for a native .pt; for a TF or HF directory, of the names and hashes of the files
+    :func:`read_bert_dir` reads. Cached per process by path, size and mtime: a run hashes its BERT
+    once, not at every save or load."""
+    path = Path(path).resolve()
+    files = sorted({f for pattern in _DIRECTORY_WEIGHTS for f in path.glob(pattern) if f.is_file()}) \
+        if path.is_dir() else [path]
+    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _sha256_cache:
+        digests = []
+        for f in files:
+            h = hashlib.sha256()
+            with open(f, "rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    h.update(chunk)
+            digests.append(h.hexdigest())
+        if path.is_dir():
+            whole = hashlib.sha256("".join(f"{f.name}\0{d}\n" for f, d in zip(files, digests)).encode())
+            _sha256_cache[key] = whole.hexdigest()
+        else:
+            _sha256_cache[key] = digests[0]
+    return _sha256_cache[key]
 
 
 def _read_native_dict(path: Path, mmap: bool = False) -> dict:
