@@ -43,3 +43,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def mount_tmpfs(where: Path, size: str) -> bool:
+    """A small tmpfs at ``where`` (a full disk on demand, for the disk-full tests); False where this
+    process may not mount one (not root, or no mount command), and the test then skips."""
+    import subprocess
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nmt.weights.checkpoint import load_checkpoint
+from tests.conftest import mount_tmpfs
 from tests.test_trainer import work  # noqa: F401  (the module-scoped fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,21 +143,12 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tiny, tmp_path):
     assert not [p.name for p in stage.iterdir() if ".tmp" in p.name or p.name.startswith("encoder_cache")]
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    try:
-        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True).returncode == 0
-    except OSError:
-        return False
-
-
 def test_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(tiny, tmp_path):
     """A real full disk: a tmpfs with room for epoch 1's checkpoint_last.pt and its best copy, not
     for epoch 2's. Where the test cannot mount one, test_full_disk_injected covers the same path."""
     size = (tiny["base"] / "reference" / "decoder" / "checkpoint_last.pt").stat().st_size
     run = tmp_path / "disk"
-    if not _mount_tmpfs(run, str(int(2.5 * size))):
+    if not mount_tmpfs(run, str(int(2.5 * size))):
         pytest.skip("cannot mount a tmpfs here (not root?); test_full_disk_injected covers the error path")
     try:
         result = train(tiny, run)

@@ -24,6 +24,7 @@ import torch
 
 import train as train_cli
 import translate as translate_cli
+from tests.conftest import mount_tmpfs
 from nmt.data.binarized import ParallelData, read_meta
 from nmt.errors import CheckpointError, DataError, ModelSpecError, TrainingError
 from nmt.model.bert import BertConfig, BertEncoder
@@ -97,20 +98,11 @@ def test_a_full_disk_is_a_training_error_before_anything_is_written(tmp_path, mo
     assert not path.exists()                          # nothing left behind
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    try:
-        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True).returncode == 0
-    except OSError:
-        return False
-
-
 def test_a_real_full_disk_is_an_error_not_a_bus_error(tmp_path):
     """A 1 MiB tmpfs and a 4 MiB cache: before the reservation, writing the mapped pages past the
     first MiB killed the process with SIGBUS. In a child process, so a regression cannot take pytest down."""
     disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "1m"):
+    if not mount_tmpfs(disk, "1m"):
         pytest.skip("cannot mount a tmpfs here (not root?); the injected full disk covers the error path")
     try:
         code = ("import numpy as np, sys; from pathlib import Path\n"

@@ -80,3 +80,25 @@ def config_from_dict(cls, d, where: str, kind: str):
         setattr(config, f.name, d.get(f.name, f.default))
     config.validate(where)
     return config
+
+
+def check_state_shapes(state: dict, expected: dict, where: str, source: str, fix: str,
+                       error: type = ModelSpecError) -> None:
+    """Raise ``error`` unless ``state`` holds exactly the tensors of ``expected`` (name -> shape), each
+    of its shape: the weights a file holds against what its own ``source`` (its config, its model spec)
+    implies, before any of them is copied into a network. ``fix``: what to do, ending the message.
+
+    >>> import torch
+    >>> check_state_shapes({"w": torch.zeros(2, 3)}, {"w": (3, 3)}, "b.pt", "config", "convert it again")
+    Traceback (most recent call last):
+    ...
+    nmt.errors.ModelSpecError: b.pt: tensor 'w' has shape [2, 3] but the config implies [3, 3]; config and weights do not match (convert it again)
+    """
+    unknown, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    if unknown or missing:
+        raise error(f"{where}: the weights do not match the {source} (unknown: {unknown[:5]}, missing: {missing[:5]}); "
+                    f"{fix}")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != tuple(shape):
+            raise error(f"{where}: tensor {name!r} has shape {list(state[name].shape)} but the {source} implies "
+                        f"{list(shape)}; {source} and weights do not match ({fix})")

@@ -46,6 +46,7 @@ import torch
 
 from nmt.errors import CheckpointError
 from nmt.files import STAGE_DIRS, atomic_write, stage_dir
+from nmt.model.limits import check_state_shapes
 from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
 
 if TYPE_CHECKING:
@@ -249,15 +250,8 @@ def check_weights_fit(state: dict, spec: ModelSpec, path: str | Path) -> None:
         raise CheckpointError(f"{path}: 'model' is not a state dict of tensors (a damaged or foreign checkpoint)")
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in build_model(spec).state_dict().items()}
-    unknown, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
-    if unknown or missing:
-        raise CheckpointError(f"{path}: model weights do not fit the model spec (unknown: {unknown[:5]}, missing: "
-                              f"{missing[:5]}); use another checkpoint")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(state[name].shape)} but the model_spec "
-                                  f"implies {list(shape)}; model_spec and weights do not match (a damaged "
-                                  f"checkpoint?)")
+    check_state_shapes(state, expected, str(path), "model_spec", "a damaged checkpoint? use another one",
+                       CheckpointError)
 
 
 def check_vocabularies(ckpt: dict, source: SourcePipeline, target: TargetPipeline, ckpt_path: Path,

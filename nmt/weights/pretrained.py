@@ -39,6 +39,7 @@ from nmt.files import (
     pretrained_path,
 )
 from nmt.model.bert import BertConfig, BertEncoder, expected_shapes
+from nmt.model.limits import check_state_shapes
 from nmt.text.wordpiece import WordPieceTokenizer
 from nmt.weights.bert_names import (
     HF_SKIP,
@@ -322,16 +323,8 @@ def load_native(path) -> NativeBert:
     if not all(isinstance(t, str) for t in d["vocab"]):
         raise CheckpointError(f"{path}: 'vocab' holds something other than strings; convert it again")
     with_pooler = any(k.startswith("pooler.") for k in state)
-    expected = expected_shapes(config, with_pooler)
-    unknown = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    if unknown or missing:
-        raise CheckpointError(f"{path}: state dict does not match the config (unknown: {unknown[:5]}, "
-                              f"missing: {missing[:5]})")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(state[name].shape)} but the config "
-                                  f"implies {list(shape)}; config and weights do not match (convert it again)")
+    check_state_shapes(state, expected_shapes(config, with_pooler), str(path), "config", "convert it again",
+                       CheckpointError)
     return NativeBert(config, state, list(d["vocab"]), bool(d["do_lower_case"]), str(d.get("source", path)))
 
 
