@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"BPE merges {demo_bpe_merges(cfg.arch)}"
               + (f" (overridden by flags: {', '.join(overridden)})" if overridden else ""))
     dist = None
-    from nmt.train.run_state import raise_on_stop_signals, restore_signals, signal_name, stop_status
+    from nmt.errors import raise_on_stop_signals, restore_signals, signal_name
+    from nmt.train.run_state import stop_status
     stop_handlers = raise_on_stop_signals()      # SIGTERM, SIGHUP as Ctrl-C; the training loop saves first
     lock = contextlib.ExitStack()   # the stage's lock, held by its one writer (rank 0) until the end
     try:

@@ -39,7 +39,6 @@ import select
 import signal
 import stat
 import sys
-import threading
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -48,7 +47,7 @@ import torch
 from nmt.cpu.allocator import keep_freed_memory
 from nmt.cpu.inference_linear import COMPUTE_TYPES
 from nmt.decode.translator import Translator, check_search_options
-from nmt.errors import NmtError, TranslateError, error_line
+from nmt.errors import NmtError, TranslateError, error_line, raise_on_stop_signals, restore_signals
 from nmt.files import DEMO_PAIRS, atomic_write, demo_name, run_dir
 from nmt.text.lines import decode_lines, open_text_lines, read_lines
 
@@ -223,27 +222,6 @@ def open_output(path: str | None) -> Iterator[IO[str]]:
                              f"the translations; {kept}: free some space, then run the same command again") from None
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` runs (the
-    temporary --output file is removed) and main exits with one line and 128 + the signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def raise_on_stop_signals() -> dict:
-    """SIGTERM and SIGHUP raise :class:`Stopped` (one ignored at start, as under nohup, stays ignored);
-    returns the handlers to put back."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum, frame):
-        raise Stopped(signum)
-    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)
-            if signal.getsignal(s) is not signal.SIG_IGN}
-
-
 def translate_stream(translator: Translator, args: argparse.Namespace, warn: Callable[[str], None],
                      bar) -> list[str] | None:
     """Translate the input buffer by buffer, writing (and flushing) each buffer's translations in
@@ -319,8 +297,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 128 + signum
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        restore_signals(previous)
     return 0
 
 

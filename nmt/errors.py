@@ -1,7 +1,10 @@
 """Every error nmt raises on purpose derives from :class:`NmtError` (a ValueError): entry points catch
 that one type and print one ``error:`` line, so anything else -- a bug -- keeps its traceback.
-Each message names the file (and line) and what to do.
+Each message names the file (and line) and what to do. Stopping on SIGTERM or SIGHUP as on Ctrl-C
+(:class:`StopSignal`, a KeyboardInterrupt, not an error) lives here too, for every entry point.
 """
+import signal
+import threading
 
 
 class NmtError(ValueError):
@@ -74,3 +77,38 @@ def error_line(e: BaseException) -> str:
                 13: " (check the file's permissions or choose another path)"}.get(e.errno or 0, "")
         return f"error: {where}{what}{hint}"
     return f"error: {e}"
+
+
+# ---- stopping on a signal: shared by the training loop (nmt/train/run_state.py) and the entry points
+
+class StopSignal(KeyboardInterrupt):
+    """Stop at once: SIGTERM or SIGHUP outside the training loop (:func:`raise_on_stop_signals`, as Ctrl-C
+    raises KeyboardInterrupt), or a second Ctrl-C inside it. A KeyboardInterrupt, so no ``except
+    Exception`` swallows it and every ``finally`` runs (atomic_write removes its temporary file)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def raise_on_stop_signals() -> dict:
+    """For entry points, until :func:`restore_signals` of what this returns: SIGTERM and SIGHUP raise
+    StopSignal, as Ctrl-C raises KeyboardInterrupt, wherever the training loop does not save first (set-up,
+    the length-penalty choice, evaluation). One ignored at start (nohup) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise StopSignal(signum)
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(s) is not signal.SIG_IGN}
+
+
+def restore_signals(previous: dict) -> None:
+    """Put back the handlers :func:`raise_on_stop_signals` (or a training loop) replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)

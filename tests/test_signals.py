@@ -20,8 +20,8 @@ import pytest
 from test_trainer import make_cfg, quiet, work  # noqa: F401 -- the module-scoped tiny data and BERT
 
 import train as train_cli
-from nmt.errors import DistributedError
-from nmt.train.run_state import StopSignal, raise_on_stop_signals, restore_signals, stop_status
+from nmt.errors import DistributedError, StopSignal, raise_on_stop_signals, restore_signals
+from nmt.train.run_state import stop_status
 from nmt.train.trainer import setup
 from nmt.weights.checkpoint import load_checkpoint
 

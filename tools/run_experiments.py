@@ -813,7 +813,8 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from nmt.train.run_state import raise_on_stop_signals, restore_signals, signal_name, stop_status
+    from nmt.errors import raise_on_stop_signals, restore_signals, signal_name
+    from nmt.train.run_state import stop_status
     stop_handlers = raise_on_stop_signals()      # SIGTERM, SIGHUP as Ctrl-C; training saves its run first
     try:
         experiment = make_experiment(args)

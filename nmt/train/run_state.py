@@ -21,8 +21,8 @@ same fraction of the epoch, with the warm-up it started with (nmt/train/schedule
 Stop signals (:meth:`RunState.stop_signals_save`): SIGINT (Ctrl-C), SIGTERM (kill, a scheduler's stop or
 pre-emption) and SIGHUP (a closed terminal) all finish the update, save checkpoint_last.pt and end the
 process with 128 + the signal (130, 143, 129); under torchrun the ranks agree to stop after the same
-update (:meth:`RunState.agree_on_stop`). Outside the loop they raise :class:`StopSignal` (the entry
-points' :func:`raise_on_stop_signals`).
+update (:meth:`RunState.agree_on_stop`). Outside the loop they raise StopSignal (the entry points'
+raise_on_stop_signals, nmt/errors.py).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from nmt.decode.lenpen_choice import parse_grid
+from nmt.errors import StopSignal, restore_signals, signal_name
 from nmt.files import atomic_copy, atomic_write, fault_point
 from nmt.model.seq2seq import count_parameters, format_parameter_counts
 from nmt.train.evaluation import Totals
@@ -54,43 +55,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)    # saved like Ct
 _last_stop: list[int | None] = [None]   # the signal that stopped the last training loop (signals are per process)
 
 
-class StopSignal(KeyboardInterrupt):
-    """Stop at once: SIGTERM or SIGHUP outside the training loop (:func:`raise_on_stop_signals`, as Ctrl-C
-    raises KeyboardInterrupt), or a second Ctrl-C inside it. A KeyboardInterrupt, so no ``except
-    Exception`` swallows it and every ``finally`` runs (atomic_write removes its temporary file)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal_name(signum))
-        self.signum = signum
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
 def stop_status(e: BaseException | None = None) -> int:
     """The exit status of a stop: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), from a
     StopSignal, else from the signal that stopped the last training loop (Ctrl-C if none did)."""
     return 128 + (getattr(e, "signum", None) or _last_stop[0] or signal.SIGINT)
-
-
-def raise_on_stop_signals() -> dict:
-    """For entry points, until :func:`restore_signals` of what this returns: SIGTERM and SIGHUP raise
-    StopSignal, as Ctrl-C raises KeyboardInterrupt, wherever the training loop does not save first (set-up,
-    the length-penalty choice, evaluation). One ignored at start (nohup) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum, frame):
-        raise StopSignal(signum)
-    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)
-            if signal.getsignal(s) is not signal.SIG_IGN}
-
-
-def restore_signals(previous: dict) -> None:
-    """Put back the handlers :func:`raise_on_stop_signals` (or a training loop) replaced."""
-    for signum, handler in previous.items():
-        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 class RunState:
