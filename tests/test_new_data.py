@@ -5,17 +5,14 @@ sentence in both) and a tiny random BERT built here."""
 from pathlib import Path
 
 import pytest
-import torch
 
 import train as train_cli
 from nmt.data.binarized import ParallelData
-from nmt.model.bert import BertConfig, BertEncoder
 from nmt.text.lines import open_text_lines
 from nmt.text.vocab import Vocab
-from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.text.wordpiece import default_vocab_path
 from nmt.weights.checkpoint import load_checkpoint
-from nmt.weights.pretrained import NativeBert, save_native
-from tests.conftest import SHARED_IWSLT, require_path
+from tests.conftest import SHARED_IWSLT, require_path, save_tiny_bert
 from tools.prepare_data import main as prepare_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models run faster on one thread
@@ -51,12 +48,7 @@ def model_a(tmp_path_factory) -> dict:
     assert prepare_main(["--train-prefix", str(prefixes["a"]), "--valid-prefix", str(prefixes["a-dev"]),
                          "--src", "en", "--tgt", "vi", "--target-mode", "tokenized", "--bpe-merges", "60",
                          "--bert", str(default_vocab_path()), "--out", str(data_a)]) == 0
-    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    bert = base / "tiny_bert.pt"
-    save_native(NativeBert(config, BertEncoder(config).state_dict(), vocab, True, "tiny random BERT"), bert)
+    bert = save_tiny_bert(base / "tiny_bert.pt")
     run = base / "run-a"
     assert train_cli.main(["--stage", "decoder", "--data", str(data_a), "--bert", str(bert), "--run-dir", str(run),
                            *TRAIN]) == 0

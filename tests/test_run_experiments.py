@@ -10,12 +10,10 @@ import torch
 
 from nmt.data.binarized import split_text
 from nmt.metrics import paired_bootstrap
-from nmt.model.bert import BertConfig, BertEncoder
-from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.text.wordpiece import default_vocab_path
 from nmt.train.evaluation import checkpoint_perplexity
 from nmt.weights.checkpoint import load_checkpoint
-from nmt.weights.pretrained import NativeBert, save_native
-from tests.conftest import SHARED_IWSLT, require_path
+from tests.conftest import SHARED_IWSLT, require_path, save_tiny_bert
 from tools import run_experiments
 from tools.evaluate import main as evaluate_main
 from tools.prepare_data import main as prepare_main
@@ -62,12 +60,7 @@ def stanford(tmp_path_factory) -> dict:
                          "--test-prefix", str(raw / "tst2013"), "--src", "en", "--tgt", "vi",
                          "--target-mode", "tokenized", "--bpe-merges", "120",
                          "--bert", str(default_vocab_path()), "--out", str(data)]) == 0
-    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    bert = base / "tiny_bert.pt"
-    save_native(NativeBert(config, BertEncoder(config).state_dict(), vocab, True, "tiny random BERT"), bert)
+    bert = save_tiny_bert(base / "tiny_bert.pt")
     return {"base": base, "raw": raw, "data": data, "bert": bert}
 
 

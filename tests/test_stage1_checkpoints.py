@@ -14,13 +14,13 @@ import torch
 
 import translate as translate_cli
 from nmt.errors import CheckpointError
-from nmt.model.bert import BertConfig, BertEncoder
-from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.text.wordpiece import default_vocab_path
 from nmt.train.config import TrainConfig
 from nmt.train.trainer import setup
 from nmt.decode.translator import Translator
 from nmt.weights.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint
-from nmt.weights.pretrained import NativeBert, bert_sha256, load_native, save_native
+from nmt.weights.pretrained import bert_sha256, load_native, save_native
+from tests.conftest import save_tiny_bert
 from tools import average_checkpoints as average_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +50,7 @@ def work(tmp_path_factory) -> dict:
         (raw / f"{name}.de").write_text("".join(d + "\n" for _, d in pairs), encoding="utf-8")
     prepare(base / "data", train_prefix=raw / "train", valid_prefix=raw / "dev", src="en", tgt="de",
             target_mode="tokenized", bert=default_vocab_path(), bpe_merges=100, print_fn=lambda *_: None)
-    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    bert = base / "tiny_bert.pt"
-    save_native(NativeBert(config, BertEncoder(config).state_dict(), vocab, True, "tiny random BERT"), bert)
+    bert = save_tiny_bert(base / "tiny_bert.pt", layers=2, positions=64)
     return {"base": base, "bert": bert, "data": base / "data"}
 
 

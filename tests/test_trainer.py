@@ -14,12 +14,11 @@ import torch
 import train as train_cli
 from nmt.data.binarized import SplitWriter, collate
 from nmt.errors import ConfigError, DivergedError, TrainingError
-from nmt.model.bert import BertConfig, BertEncoder
-from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
+from nmt.text.wordpiece import default_vocab_path
 from nmt.train.config import TrainConfig, compose_config
 from nmt.train.trainer import setup
 from nmt.weights.checkpoint import load_checkpoint
-from nmt.weights.pretrained import NativeBert, save_native
+from tests.conftest import save_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo" / "en-de"
@@ -56,13 +55,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: tiny models 
 def work(tmp_path_factory) -> dict:
     """A prepared data directory (40 real short En-De pairs, 12 dev) and a tiny random BERT (real vocab)."""
     base = tmp_path_factory.mktemp("trainer")
-    vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    encoder = BertEncoder(config)
-    bert = base / "tiny_bert.pt"
-    save_native(NativeBert(config, encoder.state_dict(), vocab, True, "tiny random BERT"), bert)
+    bert = save_tiny_bert(base / "tiny_bert.pt", layers=2, positions=64)
     train_pairs, dev_pairs = _short_pairs("train", 40), _short_pairs("dev", 12)
     data = _prepare(base / "data", base / "raw", train_pairs, dev_pairs)
     return {"base": base, "bert": bert, "data": data, "train_pairs": train_pairs, "dev_pairs": dev_pairs}
@@ -430,7 +423,7 @@ def test_data_and_bert_casing_must_agree(work, tmp_path, capsys):
     both and the flag that accepts it; with --allow-casing-mismatch a warning. The BERT's own casing
     comes from what it says (here: what its .pt records)."""
     from nmt.train.assemble import check_casing
-    from nmt.weights.pretrained import Casing, load_native
+    from nmt.weights.pretrained import Casing, load_native, save_native
     cased = tmp_path / "tiny_cased_bert.pt"
     save_native(dataclasses.replace(load_native(work["bert"]), do_lower_case=False), cased)
     code, err = run_cli(["--data", str(work["data"]), "--bert", str(cased), "--run-dir", str(tmp_path / "run"),
