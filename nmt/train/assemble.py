@@ -145,13 +145,8 @@ def stage_files(out_dir: Path) -> list[Path]:
 
 def checkpoint_header(path: Path) -> dict:
     """A checkpoint's entries without its tensors' data (memory-mapped, so a large checkpoint costs
-    next to nothing): the config, counters and best scores. CheckpointError as load_checkpoint's."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:        # noqa: BLE001 -- read it whole instead: load_checkpoint names what is wrong
-        state = None
-    if not isinstance(state, dict) or "format" not in state:
-        state = load_checkpoint(path, required=())
+    next to nothing): the config, counters and best scores, validated as load_checkpoint validates."""
+    state = load_checkpoint(path, required=(), mmap=True)
     return {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
 
 

@@ -79,15 +79,16 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_TRANSLATION,
                     map_location: str | torch.device = "cpu", bert: str | Path | None = None,
-                    with_bert: bool = True) -> dict:
+                    with_bert: bool = True, mmap: bool = False) -> dict:
     """Load and validate a checkpoint (weights_only: no code is executed). When ``required`` names
     "model" (and ``with_bert``), a stage-1 checkpoint gets its BERT's tensors back
-    (:func:`attach_bert`: from ``bert``, else the path it records); otherwise it is as stored."""
+    (:func:`attach_bert`: from ``bert``, else the path it records); otherwise it is as stored.
+    ``mmap``: the tensors memory-mapped, not read (a look at the config and counters costs next to nothing)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:     # noqa: BLE001 -- a damaged file makes torch.load raise almost anything
         msg = str(e).split("\n")[0][:200]
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint, cannot be read ({type(e).__name__}: "
