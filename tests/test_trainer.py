@@ -398,7 +398,7 @@ def test_lenpen_grid_stores_the_dev_bleu_best_length_penalty_in_the_best_checkpo
                     print_fn=quiet)
     assert trainer.fit() == "max_epochs"
     best = tmp_path / "decoder" / "checkpoint_best.pt"
-    decoding = load_checkpoint(best, required=("decoding", "optimizer", "rng"))["decoding"]   # still resumable
+    decoding = load_checkpoint(best, required=("decoding", "model", "step"))["decoding"]   # the rest kept
     assert decoding["grid"] == grid and decoding["beam"] == 10 and decoding["chosen_on"] == "dev BLEU"
     # the oracle: the best checkpoint's dev BLEU at each value, decoded here independently
     sources, references, _ = split_text(work["data"], "valid")
@@ -508,6 +508,24 @@ def test_keep_last_epochs_keeps_those_and_the_listed_ones(work, tmp_path):
     assert sorted(p.name for p in stage.glob("checkpoint_epoch*.pt")) == \
         ["checkpoint_epoch1.pt", "checkpoint_epoch4.pt", "checkpoint_epoch5.pt"]
     assert load_checkpoint(stage / "checkpoint_epoch4.pt")["epoch"] == 4
+
+
+def test_best_and_epoch_checkpoints_are_snapshots_without_the_optimizer(work, tmp_path):
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=2, epoch_checkpoints="2"), print_fn=quiet)
+    trainer.fit()
+    stage = tmp_path / "decoder"
+    last = load_checkpoint(stage / "checkpoint_last.pt", required=(), with_bert=False)
+    trained = sum(t.numel() * t.element_size() for t in last["model"].values())
+    for name in ("checkpoint_best.pt", "checkpoint_epoch2.pt"):
+        snapshot = load_checkpoint(stage / name, required=(), with_bert=False)
+        assert "optimizer" not in snapshot and "rng" not in snapshot
+        # everything else as checkpoint_last.pt has it: weights, pipelines, counters, config
+        assert sorted(snapshot) == sorted(k for k in last if k not in ("optimizer", "rng"))
+        assert all(torch.equal(snapshot["model"][k], v) for k, v in last["model"].items())
+        assert (snapshot["step"], snapshot["epoch"]) == (last["step"], last["epoch"])
+        # what it saves: Adam's two moments, twice the trained weights
+        saved = (stage / "checkpoint_last.pt").stat().st_size - (stage / name).stat().st_size
+        assert 2 * trained < saved < 2.5 * trained
 
 
 def test_best_metric_bleu_picks_the_best_checkpoint_by_dev_bleu(work, tmp_path, monkeypatch):

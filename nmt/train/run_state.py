@@ -5,9 +5,9 @@ Files, in the stage directory, written by the master process only (atomically, n
 
 - ``checkpoint_last.pt``: the whole state (:meth:`RunState.state_dict`) after every epoch, and when
   the loop stops early (a stop signal, ``--max-steps``) with the epoch's partial sums; it also records the
-  end-of-epoch work still OWED: the copies to ``checkpoint_best.pt`` (dev score improved) and
-  ``checkpoint_epochN.pt`` (``--epoch-checkpoints``, ``--keep-last-epochs``, which prunes older ones),
-  and the epoch's metrics record. :meth:`RunState.settle_owed` does that work after the save.
+  end-of-epoch work still OWED: its snapshots without the optimizer's state, ``checkpoint_best.pt``
+  (dev score improved) and ``checkpoint_epochN.pt`` (``--epoch-checkpoints``, ``--keep-last-epochs``,
+  which prunes older ones), and the epoch's metrics record. :meth:`RunState.settle_owed` does that work after the save.
 - ``metrics.jsonl``: one JSON record per line, events "start", "train" (every 100 updates), "epoch",
   "interrupted" / "max_steps", "lenpen" (the length penalty stored in checkpoint_best.pt at the end,
   nmt/train/end_of_stage.py); a stage started over moves the old log to ``metrics.previous.jsonl``.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from nmt.decode.lenpen_choice import parse_grid
 from nmt.errors import StopSignal, restore_signals, signal_name
-from nmt.files import atomic_copy, atomic_write, fault_point
+from nmt.files import atomic_write, fault_point
 from nmt.model.seq2seq import count_parameters, format_parameter_counts
 from nmt.train.evaluation import Totals
 from nmt.weights.checkpoint import (
@@ -46,6 +46,7 @@ from nmt.weights.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    save_snapshot,
     set_rng_state,
     without_bert,
 )
@@ -196,17 +197,18 @@ class RunState:
             self.dist.wait_for_rank0()
 
     def settle_owed(self) -> None:
-        """Do the end-of-epoch work checkpoint_last.pt records as owed: copy it to checkpoint_best.pt
-        and checkpoint_epochN.pt, write the epoch's record (unless metrics.jsonl has it). Repeatable."""
+        """Do the end-of-epoch work checkpoint_last.pt records as owed: its snapshot (no optimizer
+        state, nmt/weights/checkpoint.py save_snapshot) to checkpoint_best.pt and checkpoint_epochN.pt,
+        the epoch's record (unless metrics.jsonl has it). Repeatable."""
         owed, self.owed = self.owed, {}
         if not owed or not self.master_process:
             return
         last = self.out_dir / "checkpoint_last.pt"
         if owed.get("best"):
-            atomic_copy(last, self.out_dir / "checkpoint_best.pt")
+            save_snapshot(last, self.out_dir / "checkpoint_best.pt")
             fault_point("best-copied", self.epoch)
         if owed.get("epoch_checkpoint"):
-            atomic_copy(last, self.out_dir / f"checkpoint_epoch{owed['epoch_checkpoint']}.pt")
+            save_snapshot(last, self.out_dir / f"checkpoint_epoch{owed['epoch_checkpoint']}.pt")
             self._prune_epoch_checkpoints()
         done = {(r.get("event"), r.get("epoch")) for r in self.logged_metrics()}
         for record in owed.get("metrics", []):
