@@ -6,6 +6,7 @@
     python translate.py --checkpoint checkpoints/demo-en-de/finetune/checkpoint_best.pt < test.en
     python translate.py --input test.en --reference test.de --beam 10 --lenpen 1.0
     python translate.py --sampling --sampling-topk 10 --seed 1 < mono.en      # one sample per line
+    python translate.py --input test.en --score-reference test.hyp.de         # one score per line
 
 The checkpoint carries everything: the network spec and weights, the source and target text
 pipelines (vocabularies, BPE merges) and, when training chose one on the dev set (``--lenpen-grid``,
@@ -21,6 +22,27 @@ output is Moses n-best format: ``<0-based line> ||| <translation> ||| <score>``,
 line. With ``--reference`` the corpus BLEU and sacrebleu signature are printed on stderr at the end.
 ``--sampling`` (with ``--sampling-topk``/``--sampling-topp``/``--temperature``/``--seed``) samples
 instead of searching and ``--no-repeat-ngram-size`` blocks repeated n-grams, both as in fairseq.
+``--engine ctranslate2 --checkpoint DIR`` serves a model that tools/export_ctranslate2.py wrote to DIR
+through CTranslate2, with the same text processing, beam, length penalty and length limits
+(``--compute-type``: CTranslate2's types; where the engines can differ: docs/serving.md).
+
+``--score-reference FILE`` scores given translations instead of writing new ones (fairseq-generate's
+``--score-reference``, ``Translator.score``): FILE holds one translation per input line, each goes
+through the training target pipeline and is teacher-forced through the model, and the output is
+one score per line, ``sum(log p(token)) / len ** lenpen`` over its tokens and EOS (``len`` counts
+EOS): the score the beam search gives that translation as a hypothesis. An empty input line scores
+0 (its translation must be empty too); an empty translation of a real line is scored as EOS
+alone; one longer than the decoder's positions is an error (long sources are truncated as
+above). The two files must have the same number of lines; the options that choose translations
+(``--beam``, ``--nbest``, ``--sampling``, ...) are refused. With ``--nbest`` it reranks: write an n-best list, then score its hypotheses with
+another model or length penalty (a target-to-source model: the two files swapped), each source
+line repeated for each of its hypotheses by the n-best list's first field::
+
+    python translate.py --input test.en --nbest 5 --output nbest.txt
+    awk -F ' [|][|][|] ' '{print $2}' nbest.txt > hyps.de
+    awk -F ' [|][|][|] ' 'NR == FNR {src[FNR - 1] = $0; next} {print src[$1]}' test.en nbest.txt > srcs.en
+    python translate.py --checkpoint OTHER --input srcs.en --score-reference hyps.de --output other.scores
+
 ``--output`` is checked before anything is loaded (its directory must exist and be writable) and
 written atomically, so a failure leaves no partial file; nonsense numbers (``--lenpen nan``), a
 device that is not there (``--device cuda`` without CUDA) and a full disk are one ``error:`` line, exit
@@ -33,6 +55,7 @@ import argparse
 import contextlib
 import errno
 import io
+import itertools
 import math
 import os
 import select
@@ -46,6 +69,7 @@ import torch
 
 from nmt.cpu.allocator import keep_freed_memory
 from nmt.cpu.inference_linear import COMPUTE_TYPES
+from nmt.decode.ctranslate2_engine import COMPUTE_TYPES as CTRANSLATE2_COMPUTE_TYPES
 from nmt.decode.translator import Translator, check_search_options
 from nmt.errors import NmtError, TranslateError, error_line, raise_on_stop_signals, restore_signals
 from nmt.files import DEMO_PAIRS, atomic_write, demo_name, run_dir
@@ -146,9 +170,41 @@ def check_numbers(args: argparse.Namespace) -> None:
     for name in ("batch_size", "max_tokens", "buffer_size"):
         if getattr(args, name) < 1:
             raise TranslateError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.score_reference is not None:
+        check_score_options(args)
     check_search_options(beam=args.beam, nbest=args.nbest, no_repeat_ngram_size=args.no_repeat_ngram_size,
                          sampling=args.sampling, sampling_topk=args.sampling_topk, sampling_topp=args.sampling_topp,
                          temperature=args.temperature, seed=args.seed)
+
+
+def check_score_options(args: argparse.Namespace) -> None:
+    """--score-reference scores given translations: the options that search for, sample or judge new
+    ones make no sense with it (an error naming them, not a silent no-op)."""
+    chosen = [flag for flag, given in (
+        ("--beam", args.beam is not None), ("--nbest", args.nbest != 1), ("--sampling", args.sampling),
+        ("--sampling-topk", args.sampling_topk is not None), ("--sampling-topp", args.sampling_topp is not None),
+        ("--temperature", args.temperature != 1.0), ("--seed", args.seed is not None),
+        ("--no-repeat-ngram-size", args.no_repeat_ngram_size != 0), ("--reference", args.reference is not None),
+    ) if given]
+    if chosen:
+        raise TranslateError(f"--score-reference scores the given translations; {', '.join(chosen)} "
+                             f"(which search for or judge new ones) cannot be used with it")
+
+
+def count_mismatch(input_name: str, input_count: int | str, target_name: str,
+                   target_count: int | str) -> TranslateError:
+    return TranslateError(f"line counts differ: {input_name} has {input_count} lines, {target_name} has "
+                          f"{target_count}; --score-reference needs one translation per input line")
+
+
+def check_score_counts(args: argparse.Namespace) -> None:
+    """Before the model is loaded: --score-reference's file is readable and, with --input, has as many
+    lines as it (stdin is counted as it is scored)."""
+    targets = sum(1 for _ in open_text_lines(args.score_reference))
+    if args.input:
+        inputs = sum(1 for _ in open_text_lines(args.input))
+        if inputs != targets:
+            raise count_mismatch(args.input, inputs, args.score_reference, targets)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -197,11 +253,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference", help="reference translations: print BLEU and its signature at the end")
     p.add_argument("--bleu-tokenize", default="13a",
                    help="sacrebleu tokenizer for --reference; 'none' for pre-tokenized references")
+    p.add_argument("--score-reference", metavar="FILE",
+                   help="score the translations in FILE (one per input line) instead of translating: one score "
+                        "per line, sum(log p(token)) / len**lenpen over the tokens and EOS, len counting EOS, "
+                        "the beam search's score of that translation (fairseq's --score-reference); rescore "
+                        "an --nbest list with it")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compute-type", default="float32", choices=COMPUTE_TYPES,
-                   help="precision of the linear layers, named as in CTranslate2: float32; bfloat16 (GPUs and CPUs "
-                        "with bf16 instructions); int8 (CPU: int8 weights per output channel and int8 activations "
-                        "in the decoder, fbgemm dynamic quantization). Speed and BLEU of each: docs/speed.md")
+    p.add_argument("--engine", choices=("nmt", "ctranslate2"), default="nmt",
+                   help="nmt (default): this package's search over a checkpoint; ctranslate2: CTranslate2 over a "
+                        "directory written by tools/export_ctranslate2.py (--checkpoint DIR), same text processing "
+                        "and search settings (docs/serving.md)")
+    p.add_argument("--compute-type", choices=dict.fromkeys(COMPUTE_TYPES + CTRANSLATE2_COMPUTE_TYPES),
+                   help="precision of the linear layers, named as in CTranslate2: float32 (default); bfloat16 (GPUs "
+                        "and CPUs with bf16 instructions); int8 (CPU: int8 weights per output channel and int8 "
+                        "activations in the decoder, fbgemm dynamic quantization). Speed and BLEU of each: "
+                        "docs/speed.md. With --engine ctranslate2: any of CTranslate2's (default: the exported type)")
     p.add_argument("--int8", action="store_true", help="same as --compute-type int8")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -249,6 +315,45 @@ def translate_stream(translator: Translator, args: argparse.Namespace, warn: Cal
     return kept
 
 
+def score_stream(translator: Translator, args: argparse.Namespace, warn: Callable[[str], None], bar) -> None:
+    """--score-reference: score each input line's translation from that file, buffer by buffer,
+    writing one score per line in input order. A file input's line count was checked before loading;
+    stdin's is checked as it goes (a mismatch is an error after the scores written so far)."""
+    numbered, ready, name = open_input(args.input)
+    targets = (line for _, line in open_text_lines(args.score_reference))
+    done = 0
+    with open_output(args.output) as out:
+        for buffer in read_buffers(numbered, args.buffer_size, ready):
+            given = list(itertools.islice(targets, len(buffer)))
+            if len(given) < len(buffer):
+                raise count_mismatch(name, f"more than {done + len(given)}", args.score_reference, done + len(given))
+            results = translator.score([line for _, line in buffer], given, lenpen=args.lenpen,
+                                       batch_size=args.batch_size, max_tokens=args.max_tokens, name=name,
+                                       target_name=args.score_reference, first_line=buffer[0][0], warn=warn,
+                                       progress=bar)
+            out.write("".join(f"{r.score:.6f}\n" for r in results))
+            out.flush()
+            done += len(buffer)
+        extra = sum(1 for _ in targets)
+        if extra:
+            raise count_mismatch(name, done, args.score_reference, done + extra)
+
+
+def load_translator(args: argparse.Namespace):
+    """The --engine's translator: nmt's Translator over a checkpoint, or CTranslate2 over a directory that
+    tools/export_ctranslate2.py wrote (nmt/decode/ctranslate2_engine.py; the same translate() and results)."""
+    if args.engine == "nmt":
+        return Translator.from_checkpoint(args.checkpoint, args.device, args.compute_type or "float32",
+                                          int8=args.int8, bert=args.bert)
+    nmt_only = [flag for flag, given in (("--sampling", args.sampling),
+                                         ("--score-reference", getattr(args, "score_reference", None))) if given]
+    if nmt_only:
+        raise TranslateError(f"{' and '.join(nmt_only)}: nmt's engine only; drop --engine ctranslate2")
+    from nmt.decode.ctranslate2_engine import CTranslate2Translator
+    return CTranslate2Translator.from_dir(args.checkpoint, args.device,
+                                          "int8" if args.int8 else args.compute_type or "default")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     keep_freed_memory()                           # nmt/cpu/allocator.py: no page faults per decoding step
@@ -262,11 +367,12 @@ def main(argv=None) -> int:
         check_numbers(args)
         if args.output:
             check_output(args.output)
+        if args.score_reference:
+            check_score_counts(args)
         if demo_run and not Path(args.checkpoint).is_dir():
             raise TranslateError(f"{args.checkpoint}: no demo run for {args.pair} yet; train one first "
                                  f"(python train.py --pair {args.pair}) or pass --checkpoint")
-        translator = Translator.from_checkpoint(args.checkpoint, args.device, args.compute_type, int8=args.int8,
-                                                bert=args.bert)
+        translator = load_translator(args)
         if args.lenpen is None and not args.quiet and (args.beam or 10) > 1 and not args.sampling:
             print(f"length penalty {translator.lenpen:g} (the checkpoint's default; --lenpen to change)",
                   file=sys.stderr)
@@ -279,8 +385,12 @@ def main(argv=None) -> int:
                                 (args.reference, references)])
         from tqdm import tqdm
         interactive = args.input is None and sys.stdin.isatty()
-        with tqdm(file=sys.stderr, unit="sent", disable=args.quiet or interactive, desc="translating") as bar:
-            hypotheses = translate_stream(translator, args, warn, bar)
+        with tqdm(file=sys.stderr, unit="sent", disable=args.quiet or interactive,
+                  desc="scoring" if args.score_reference else "translating") as bar:
+            if args.score_reference:
+                hypotheses = score_stream(translator, args, warn, bar)
+            else:
+                hypotheses = translate_stream(translator, args, warn, bar)
         written = True
         if references is not None:
             from nmt.metrics import check_parallel, corpus_bleu

@@ -11,11 +11,11 @@ The public API is loaded on first use, so ``import nmt`` stays cheap::
 from __future__ import annotations
 
 __version__ = "0.2.0"
-__all__ = ["Translator", "TranslationResult", "TranslationHypothesis", "NmtError", "__version__"]
+__all__ = ["Translator", "TranslationResult", "TranslationHypothesis", "ScoringResult", "NmtError", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("Translator", "TranslationResult", "TranslationHypothesis"):
+    if name in ("Translator", "TranslationResult", "TranslationHypothesis", "ScoringResult"):
         from nmt.decode import translator
         return getattr(translator, name)
     if name == "NmtError":

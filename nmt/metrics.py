@@ -1,5 +1,6 @@
-"""Metrics on text: corpus BLEU and chrF through sacrebleu, and paired bootstrap significance. No torch:
-these work on lines of text (the model's loss and perplexity are in nmt.train.evaluation).
+"""Metrics on text: corpus BLEU and chrF through sacrebleu, and paired significance tests of a
+system against a baseline. No torch: these work on lines of text (the model's loss and perplexity
+are in nmt.train.evaluation).
 
 The paper reports case-sensitive BLEU and marks a system (+)/(−) when it is significantly better/
 worse than the baseline at p < 0.05. Two BLEU flavours are useful:
@@ -8,35 +9,42 @@ worse than the baseline at p < 0.05. Two BLEU flavours are useful:
 - tokenized BLEU, ``tokenize="none"``: the number the paper's era reported, computed on the Stanford
   pre-tokenized IWSLT references (like ``multi-bleu.perl``) with hypotheses in the same tokenization.
 
-Paired bootstrap resampling (Koehn, 2004). BLEU is a corpus-level ratio, so we cannot average
-sentence scores; instead each sentence contributes *sufficient statistics* — hypothesis length,
-closest reference length, and clipped matched / total n-gram counts for n = 1..4 — and corpus BLEU
-is a function of their sum. We extract them with sacrebleu's own tokenizer and n-gram extraction,
-so BLEU of the summed statistics equals ``sacrebleu.BLEU().corpus_score`` (tested). A resample of
-the test set is then a vector of counts per sentence, and a block of resamples is one matrix product
+Significance: three named tests (``SIGNIFICANCE_TESTS``; ``SignificanceTest`` holds one with its
+settings, ``paired_significance`` runs it). Every one marks "(+)" when p < alpha and the system's
+BLEU is higher than the baseline's, "(−)" when p < alpha and it is lower, and nothing on equal BLEU.
+
+- ``ar``: approximate randomization, the paper's test (MultEval's, which the paper used). sacrebleu's
+  own implementation (``sacrebleu --paired-ar``, ``significance._paired_ar_test``), called with an
+  explicit seed: each of 10,000 trials swaps each sentence's system/baseline outputs with
+  probability 1/2 (``default_rng(seed).integers(2, size=(B, N), dtype=bool)``), and two-sided
+
+      p = (1 + #trials with |BLEU(shuffled A) - BLEU(shuffled B)| > |delta|) / (B + 1).
+
+  The count is strict, as MultEval's: every trial of a pair that differs in one sentence only
+  reproduces |delta| exactly, so such a pair gets p = 1 / (B + 1) (and equal systems too, which the
+  mark rule leaves unmarked).
+- ``bootstrap``: sacrebleu's paired bootstrap (``--paired-bs``, ``significance._paired_bs_test``,
+  after Moses' bootstrap-hypothesis-difference-significance.pl): 1,000 resamples of the sentences
+  with replacement, two-sided, ``p = (1 + #resamples with |d_b| - mean_b |d_b| > |delta|) / (B + 1)``.
+- ``bootstrap-one-sided``: Koehn's (2004) test as written here (``paired_bootstrap``), the test
+  the demo's tables were first marked with; sacrebleu has no one-sided test. Its p-value is the
+  fraction of the same 1,000 resamples (sacrebleu's draws for the same seed) in which the system
+  is not better than the baseline (delta >= 0) or not worse (delta < 0); a system compared with
+  itself gets p = 1. Near delta = 0 it gives ~0.5 where sacrebleu's gives ~0.4; for a clear
+  difference both are about Phi(-|delta| / sd(d)).
+
+sacrebleu's functions are private, but the version is pinned (requirements.txt) and the tests
+check that ``paired_significance`` gives ``sacrebleu.significance.PairedTest``'s p-values exactly.
+They are fast enough for the study tables (docs/experiments.md, "Significance"), so no test is
+re-implemented for speed.
+
+For the one-sided bootstrap, BLEU is a corpus-level ratio, so we cannot average sentence scores;
+instead each sentence contributes *sufficient statistics* — hypothesis length, closest reference
+length, and clipped matched / total n-gram counts for n = 1..4 — and corpus BLEU is a function of
+their sum. We extract them with sacrebleu's own tokenizer and n-gram extraction, so BLEU of the
+summed statistics equals ``sacrebleu.BLEU().corpus_score`` (tested). A resample of the test set is
+then a vector of counts per sentence, and a block of resamples is one matrix product
 ``counts [b, N] @ stats [N, 10] -> [b, 10]``.
-
-The p-value (our definition, Koehn's): draw ``num_samples`` resamples of the N sentence indices with
-replacement (``numpy.random.default_rng(seed)``), score system and baseline on each, and let
-``delta = BLEU(system) - BLEU(baseline)`` on the full set. Then
-
-    p = fraction of resamples in which the system is NOT better than the baseline   (delta >= 0)
-    p = fraction of resamples in which the system is NOT worse than the baseline    (delta <  0)
-
-and the result is significant when p < alpha (0.05): mark "(+)" for a better, "(−)" for a worse
-system. A system compared with itself ties on every resample, so p = 1.
-
-How this relates to the other tools:
-
-- ``sacrebleu --paired-bs`` (``sacrebleu.significance._paired_bs_test``) draws the same resamples
-  for the same seed (``default_rng(seed).choice`` == ``.integers``) but tests the two-sided
-  statistic ``|d_b| - mean_b |d_b| > |delta|`` with ``p = (count + 1) / (B + 1)``. For a clear
-  difference both are about Phi(-|delta| / sd(d)) and agree within sampling noise; near delta = 0
-  ours is ~0.5 and sacrebleu's ~0.4 (both not significant). A copy of the baseline gets
-  sacrebleu p = 1 / (B + 1) = 0.0010, marked significant, but p = 1 here.
-- MultEval (used by the paper) computes p-values by stratified approximate randomization
-  (10,000 shuffles, two-sided, ``(count + 1) / (B + 1)``) and uses bootstrap resampling only for
-  standard deviations; sacrebleu's ``--paired-ar`` is that test.
 
 Worked example (hand-checkable): a perfect hypothesis matches all of its n-grams. "the cat sat on
 the mat" has 6 tokens, so 6/5/4/3 n-grams of order 1..4, all matched:
@@ -257,3 +265,119 @@ def paired_bootstrap(hypotheses: Sequence[str], baseline: Sequence[str],
         sentence_statistics(hypotheses, references, tokenize),
         sentence_statistics(baseline, references, tokenize),
         num_samples=num_samples, seed=seed, alpha=alpha)
+
+
+# ----------------------------------------------------------------------------- named tests
+
+# kind -> (name, what a sample is, default samples (sacrebleu's and MultEval's), where it comes from)
+_TESTS = {
+    "ar": ("approximate randomization", "trials", 10_000,
+           "the paper's MultEval test, as sacrebleu --paired-ar"),
+    "bootstrap": ("paired bootstrap", "resamples", 1_000, "two-sided, as sacrebleu --paired-bs"),
+    "bootstrap-one-sided": ("one-sided paired bootstrap", "resamples", 1_000,
+                            "Koehn 2004, nmt.metrics.paired_bootstrap"),
+}
+SIGNIFICANCE_TESTS = tuple(_TESTS)        # the choices of --significance; the first is the default
+
+
+def significance_mark(delta: float, p_value: float, alpha: float) -> str:
+    """"(+)" significantly better, "(−)" significantly worse, "" otherwise (and on equal BLEU)."""
+    if not p_value < alpha or delta == 0:
+        return ""
+    return MARK_BETTER if delta > 0 else MARK_WORSE
+
+
+@dataclass(frozen=True)
+class SignificanceTest:
+    """One of SIGNIFICANCE_TESTS with its settings; ``describe()`` is the line a table caption or a
+    report names it by, so that every mark says which test made it."""
+    kind: str = "ar"
+    samples: int = 10_000   # AR trials or bootstrap resamples
+    seed: int = 12345       # numpy default_rng seed (sacrebleu's default, SACREBLEU_SEED)
+    alpha: float = 0.05     # significance level
+
+    def __post_init__(self):
+        if self.kind not in _TESTS:
+            raise EvaluationError(f"unknown significance test {self.kind!r}; expected one of "
+                                  f"{', '.join(SIGNIFICANCE_TESTS)}")
+        if self.samples < 1:
+            raise EvaluationError(f"a significance test needs at least 1 sample, got {self.samples}")
+        if self.seed < 0:
+            raise EvaluationError(f"the seed of a significance test must be >= 0, got {self.seed}")
+        if not math.isfinite(self.alpha) or not 0 < self.alpha < 1:
+            raise EvaluationError(f"alpha must be between 0 and 1, got {self.alpha}")
+
+    @classmethod
+    def named(cls, kind: str = "ar", samples: int | None = None, seed: int = 12345,
+              alpha: float = 0.05) -> "SignificanceTest":
+        """The test ``kind`` with its usual number of samples unless ``samples`` is given."""
+        if kind not in _TESTS:
+            raise EvaluationError(f"unknown significance test {kind!r}; expected one of "
+                                  f"{', '.join(SIGNIFICANCE_TESTS)}")
+        return cls(kind, _TESTS[kind][2] if samples is None else samples, seed, alpha)
+
+    def describe(self) -> str:
+        """e.g. "approximate randomization, 10,000 trials, seed 12345, p < 0.05; the paper's
+        MultEval test, as sacrebleu --paired-ar"."""
+        name, unit, _, origin = _TESTS[self.kind]
+        return f"{name}, {self.samples:,} {unit}, seed {self.seed}, p < {self.alpha:g}; {origin}"
+
+
+@dataclass(frozen=True)
+class SignificanceResult:
+    test: SignificanceTest
+    bleu: float            # system's corpus BLEU on the full test set
+    baseline_bleu: float   # baseline's corpus BLEU on the full test set
+    delta: float           # bleu - baseline_bleu
+    p_value: float         # the test's p-value (module doc)
+    mark: str              # "(+)", "(−)" or "": significance_mark
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.mark)
+
+    def describe(self) -> str:
+        verdict = (f"significant {self.mark}" if self.mark else
+                   "equal BLEU, not marked" if self.delta == 0 else "not significant")
+        return (f"{self.test.describe()}: BLEU {self.bleu:.2f} vs baseline {self.baseline_bleu:.2f}, "
+                f"delta {self.delta:+.2f}, p = {self.p_value:.4f}, {verdict}")
+
+
+def _sacrebleu_paired(kind: str, hypotheses: list[str], baseline: list[str], references: list[str],
+                      tokenize: str, samples: int, seed: int) -> tuple[float, float, float]:
+    """(system BLEU, baseline BLEU, p) from sacrebleu's own test function, as PairedTest calls it
+    but with ``seed`` passed in (PairedTest reads it from the environment, SACREBLEU_SEED)."""
+    from sacrebleu import significance
+    test_fn = {"ar": significance._paired_ar_test, "bootstrap": significance._paired_bs_test}[kind]
+    metric = bleu_metric(tokenize)
+    baseline_stats = metric._extract_corpus_statistics(baseline, [references])
+    baseline_bleu = metric._aggregate_and_compute(baseline_stats).score
+    _, results = test_fn({"BLEU": (baseline_stats, significance.Result(baseline_bleu))}, "system",
+                         hypotheses, [references], {"BLEU": metric}, samples, -1, seed)
+    return results["BLEU"].score, baseline_bleu, float(results["BLEU"].p_value)
+
+
+def paired_significance(hypotheses: Sequence[str], baseline: Sequence[str],
+                        references: Sequence[str], test: SignificanceTest | None = None, *,
+                        tokenize: str = "13a") -> SignificanceResult:
+    """Is the system's BLEU significantly different from the baseline's, by ``test`` (default:
+    approximate randomization, 10,000 trials)? See the module doc for each test's p-value.
+
+    >>> refs = ["a b c d e", "f g h i j"]
+    >>> paired_significance(refs, refs, refs).mark      # a system against itself: equal, unmarked
+    ''
+    """
+    test = test or SignificanceTest()
+    if len(hypotheses) != len(references) or len(baseline) != len(references) or not references:
+        raise EvaluationError(f"{len(hypotheses)} hypotheses and {len(baseline)} baseline lines for "
+                              f"{len(references)} references: need one line per reference, at least one")
+    if test.kind == "bootstrap-one-sided":
+        one_sided = paired_bootstrap(hypotheses, baseline, references, tokenize=tokenize,
+                                     num_samples=test.samples, seed=test.seed, alpha=test.alpha)
+        bleu, baseline_bleu, p_value = one_sided.bleu, one_sided.baseline_bleu, one_sided.p_value
+    else:
+        bleu, baseline_bleu, p_value = _sacrebleu_paired(
+            test.kind, list(hypotheses), list(baseline), list(references), tokenize, test.samples, test.seed)
+    delta = bleu - baseline_bleu
+    return SignificanceResult(test=test, bleu=bleu, baseline_bleu=baseline_bleu, delta=delta,
+                              p_value=p_value, mark=significance_mark(delta, p_value, test.alpha))

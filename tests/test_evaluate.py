@@ -1,6 +1,8 @@
 """nmt/metrics.py and tools/evaluate.py: BLEU statistics against sacrebleu (the oracle) on real
-IWSLT15 text, paired bootstrap behaviour, and the CLI's handling of bad input."""
+IWSLT15 text, the significance tests (approximate randomization and the bootstraps: known answers,
+sacrebleu's own p-values), and the CLI's options and handling of bad input."""
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,12 +10,16 @@ import sacrebleu
 from sacrebleu.significance import PairedTest
 
 from nmt.errors import DataError
+from nmt.errors import EvaluationError
 from nmt.metrics import (
     MARK_BETTER,
     MARK_WORSE,
+    SIGNIFICANCE_TESTS,
+    SignificanceTest,
     bleu_from_statistics,
     paired_bootstrap,
     paired_bootstrap_from_statistics,
+    paired_significance,
     resample_counts,
     sentence_statistics,
 )
@@ -168,6 +174,98 @@ def test_p_value_agrees_with_sacrebleu_paired_bs(iwslt_dir, system_drop, system_
     assert ours.significant == (theirs.p_value < 0.05)
 
 
+# ----------------------------------------------------------------------------- named tests
+
+TRIALS = {"ar": 2000, "bootstrap": 1000, "bootstrap-one-sided": 1000}
+
+
+@pytest.mark.parametrize("tokenize", ["13a", "none"])
+@pytest.mark.parametrize("kind", SIGNIFICANCE_TESTS)
+def test_known_answers(refs_2013, kind, tokenize):
+    """Identical systems: not significant, no mark. The reference against a copy missing every
+    sentence's last two words (better on every sentence): (+), and the reverse (−), in both BLEU
+    columns and by every test."""
+    refs = refs_2013[:300]
+    test = SignificanceTest.named(kind, TRIALS[kind])
+    same = paired_significance(refs, refs, refs, test, tokenize=tokenize)
+    assert same.delta == 0 and same.mark == "" and not same.significant
+    assert same.describe().endswith("equal BLEU, not marked")
+    # what each test's p-value is for identical systems: MultEval's strict count (and sacrebleu's)
+    # finds no trial *beyond* a zero difference, p = 1 / (B + 1); Koehn's: never better, p = 1
+    assert same.p_value == (1.0 if kind == "bootstrap-one-sided" else 1 / (test.samples + 1))
+    cut = [" ".join(line.split()[:-2]) for line in refs]
+    better = paired_significance(refs, cut, refs, test, tokenize=tokenize)
+    assert better.delta > 5 and better.p_value < 0.01 and better.mark == MARK_BETTER and better.significant
+    worse = paired_significance(cut, refs, refs, test, tokenize=tokenize)
+    assert worse.delta == pytest.approx(-better.delta) and worse.p_value < 0.01 and worse.mark == MARK_WORSE
+    assert worse.bleu == pytest.approx(sacrebleu.BLEU(tokenize=tokenize).corpus_score(cut, [refs]).score)
+
+
+def test_close_systems_are_not_marked(refs_2013):
+    """Two systems of the same quality (the same word-drop rate, other words dropped): no test marks
+    either; AR's and the bootstraps' p-values are far from 0.05."""
+    refs = refs_2013[:400]
+    a, b = degrade(refs, 0.30, 5), degrade(refs, 0.30, 6)
+    for kind in SIGNIFICANCE_TESTS:
+        result = paired_significance(a, b, refs, SignificanceTest.named(kind, TRIALS[kind]))
+        assert 0 < abs(result.delta) < 1 and result.p_value > 0.2 and result.mark == "", (kind, result)
+
+
+def test_ar_counts_strictly_as_multeval(refs_2013):
+    """A system that differs from the baseline in one sentence only: every AR trial swaps that
+    sentence or not, reproducing |delta| exactly, and MultEval's strict count finds none beyond it:
+    p = 1 / (B + 1). The one-sided bootstrap sees the sentence in ~2/3 of the resamples only."""
+    refs = refs_2013[:50]
+    baseline = degrade(refs, 0.30, 5)
+    system = [refs[0]] + baseline[1:]
+    ar = paired_significance(system, baseline, refs, SignificanceTest.named("ar", 500))
+    assert ar.delta > 0 and ar.p_value == 1 / 501 and ar.mark == MARK_BETTER
+    one_sided = paired_significance(system, baseline, refs, SignificanceTest.named("bootstrap-one-sided"))
+    assert 0.2 < one_sided.p_value < 0.5 and one_sided.mark == ""
+
+
+@pytest.mark.parametrize("kind, tokenize", [("ar", "13a"), ("ar", "none"), ("bootstrap", "13a")])
+def test_p_values_are_sacrebleus_own(iwslt_dir, monkeypatch, kind, tokenize):
+    """paired_significance's ar / bootstrap are sacrebleu's tests: the very p-values of
+    sacrebleu.significance.PairedTest (the API behind sacrebleu --paired-ar / --paired-bs, seed
+    12345 from SACREBLEU_SEED's default), with its default 10,000 trials / 1,000 resamples."""
+    monkeypatch.delenv("SACREBLEU_SEED", raising=False)
+    refs = read_lines(iwslt_dir / "tst2012.vi")[:400]
+    baseline, system = degrade(refs, 0.30, 1), degrade(refs, 0.28, 2)
+    ours = paired_significance(system, baseline, refs, SignificanceTest.named(kind), tokenize=tokenize)
+    _, scores = PairedTest([("baseline", baseline), ("system", system)], {"BLEU": sacrebleu.BLEU(tokenize=tokenize)},
+                           [refs], test_type={"ar": "ar", "bootstrap": "bs"}[kind])()
+    theirs = scores["BLEU"][1]
+    assert ours.test.samples == {"ar": 10_000, "bootstrap": 1_000}[kind]
+    assert (ours.bleu, ours.baseline_bleu, ours.p_value) == (theirs.score, scores["BLEU"][0].score, theirs.p_value)
+    assert 0.001 < ours.p_value < 0.5                   # a pair whose p-value depends on the draws
+    other = paired_significance(system, baseline, refs, SignificanceTest.named(kind, seed=7), tokenize=tokenize)
+    assert other.p_value != ours.p_value                 # the seed is ours to set
+
+
+def test_docs_give_each_tests_caption_as_the_tables_print_it():
+    """docs/experiments.md's table of tests gives each --significance choice with the caption that
+    the tables print for it (SignificanceTest.describe)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text(encoding="utf-8")
+    section = doc.split("### Significance", 1)[1].split("\n#", 1)[0]
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+             if line.startswith("| `") and not line.startswith("| `--")]          # the body rows
+    rows = {cells[0].strip("`").split("`")[0]: cells[2] for cells in table}
+    assert rows == {kind: SignificanceTest.named(kind).describe() for kind in SIGNIFICANCE_TESTS}
+
+
+def test_significance_test_settings_are_checked():
+    assert SignificanceTest() == SignificanceTest.named("ar") == SignificanceTest("ar", 10_000, 12345, 0.05)
+    assert SignificanceTest.named("bootstrap").samples == 1000
+    for bad, message in ((dict(kind="t-test"), "unknown significance test 't-test'"),
+                         (dict(samples=0), "at least 1 sample"), (dict(seed=-1), "seed"),
+                         (dict(alpha=1.0), "alpha must be between 0 and 1")):
+        with pytest.raises(EvaluationError, match=message):
+            SignificanceTest(**bad)
+    with pytest.raises(EvaluationError, match="one line per reference"):
+        paired_significance(["a"], ["a", "b"], ["a", "b"])
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def write(path, lines, bom=False):
@@ -184,7 +282,38 @@ def test_cli_scores_and_tests(tmp_path, refs_2013, capsys):
                  "--tokenized", "--bootstrap-samples", "200"]) == 0
     out = capsys.readouterr().out
     assert "BLEU = " in out and "tok:none" in out and "chrF2 = " in out
-    assert "paired bootstrap (200 samples, seed 12345)" in out and "(+)" in out
+    # the default test, approximate randomization, with --bootstrap-samples (an alias of --samples) trials
+    assert "approximate randomization, 200 trials, seed 12345, p < 0.05; the paper's MultEval test" in out
+    assert out.rstrip().endswith("significant (+)")
+
+
+@pytest.mark.parametrize("kind, named", [
+    ("ar", "approximate randomization, 10,000 trials, seed 12345"),
+    ("bootstrap", "paired bootstrap, 1,000 resamples, seed 12345, p < 0.05; two-sided"),
+    ("bootstrap-one-sided", "one-sided paired bootstrap, 1,000 resamples, seed 12345")])
+def test_cli_significance_option_names_the_test(tmp_path, refs_2013, capsys, kind, named):
+    """--significance picks the test (default ar, the paper's); its report line names the test and
+    gives that test's p-value for the BLEU column asked for."""
+    refs = refs_2013[:200]
+    ref, hyp = write(tmp_path / "ref.vi", refs), write(tmp_path / "hyp.vi", degrade(refs, 0.35, 2))
+    base = write(tmp_path / "base.vi", degrade(refs, 0.15, 1))
+    argv = ["--hyp", str(hyp), "--ref", str(ref), "--baseline", str(base), "--tokenized"]
+    assert main(argv + ["--significance", kind]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    want = paired_significance(degrade(refs, 0.35, 2), degrade(refs, 0.15, 1), refs,
+                               SignificanceTest.named(kind), tokenize="none")
+    assert line == want.describe() and line.startswith(named) and line.endswith("significant (\u2212)")
+    if kind == "ar":                                    # the default
+        assert main(argv) == 0 and capsys.readouterr().out.splitlines()[-1] == line
+
+
+def test_cli_help_offers_the_tests(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--significance {ar,bootstrap,bootstrap-one-sided}" in text
+    assert "approximate randomization (the paper's, MultEval's; the default)" in text
 
 
 def test_cli_bom_is_ignored(tmp_path, capsys):
@@ -200,7 +329,7 @@ def test_cli_bom_is_ignored(tmp_path, capsys):
     ("utf8", r"hyp\.vi:2: invalid UTF-8"),
     ("missing", r"nothere\.vi: no such file"),
     ("empty", r"hyp\.vi: file is empty"),
-    ("samples", r"--bootstrap-samples must be at least 1"),
+    ("samples", r"--samples must be at least 1"),
 ])
 def test_cli_errors(tmp_path, capsys, case, expected):
     ref = write(tmp_path / "ref.vi", ["a b c", "d e f", "g h i"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nmt.data.binarized import split_text
-from nmt.metrics import paired_bootstrap
+from nmt.metrics import SignificanceTest, corpus_bleu, paired_significance
 from nmt.text.wordpiece import default_vocab_path
 from nmt.train.evaluation import checkpoint_perplexity
 from nmt.weights.checkpoint import load_checkpoint
@@ -141,7 +141,7 @@ def test_bert_systems_end_to_end_then_rerun_skips_them(stanford, tmp_path, capsy
 @pytest.mark.slow
 def test_baseline_is_prepared_and_marks_significance(stanford, tmp_path):
     """The Transformer baseline's source-BPE data is prepared from the same Stanford files; the
-    other systems get bootstrap results against it."""
+    other systems get significance marks against it."""
     out = tmp_path / "exp"
     assert _run(stanford, out, "--systems", "transformer,decoder", "--max-steps", "3") == 0
     meta = json.loads((out / "data-source-bpe" / "meta.json").read_text())
@@ -149,7 +149,7 @@ def test_baseline_is_prepared_and_marks_significance(stanford, tmp_path):
     decoder = json.loads((out / "decoder" / "result.json").read_text())
     assert decoder["splits"]["valid"]["sentences"] == 10                 # --dev-bleu is on by default
     table = (out / "results.md").read_text(encoding="utf-8")
-    assert "paired bootstrap, 50 samples" in table
+    assert "approximate randomization, 50 trials" in table
     row = next(line for line in table.splitlines() if line.startswith("| Transformer"))
     assert re.search(r"\| \d+\.\d\d \|", row)
 
@@ -309,7 +309,7 @@ def test_control_and_converged_baselines(stanford, tmp_path):
                          "| Transformer (transformer-small, from scratch, converged)",
                          "| Transformer, BERT's shape (transformer-minilm-size, from scratch)",
                          "| Transformer, BERT's shape (transformer-minilm-size, from scratch, converged)"]
-    # the converged baseline gets a table of its own, its marks from the same bootstrap as the main one
+    # the converged baseline gets a table of its own, its marks from the same test as the main one
     text = (out / "results.md").read_text()
     # a converged run that stopped at --max-epochs, not on its dev loss, says so; the capped control does not
     epochs = {line.split(" | ")[0]: line.split(" | ")[-2] for line in text.split("\n\n### ")[0].splitlines()[2:]
@@ -329,7 +329,7 @@ def test_control_and_converged_baselines(stanford, tmp_path):
     def hyps(name):
         return (out / name / "test.hyp").read_text(encoding="utf-8").splitlines()
     for line, name in zip(section[3:], ("control", "control-converged", "decoder", "finetune-lr8e-5")):
-        want = paired_bootstrap(hyps(name), hyps("transformer-converged"), test)
+        want = paired_significance(hyps(name), hyps("transformer-converged"), test, SignificanceTest.named("ar", 50))
         assert line.split(" | ")[3] == f"{want.bleu:.2f}" + (f" {want.mark}" if want.mark else ""), line
     assert "compare with the converged Transformer baseline" in text
 
@@ -382,3 +382,62 @@ def test_train_only_ranks_a_recipe_on_the_dev_loss_without_decoding(stanford, tm
                 "--train-only") == 0
     assert (out / "control" / "scratch" / "metrics.jsonl").read_bytes() == before
     assert not (out / "control" / "result.json").exists()
+
+
+def _finished_run(out: Path, name: str, hyps: list[str], refs: list[str]) -> None:
+    """What a finished, evaluated system leaves in OUT/NAME: result.json and test.hyp (no checkpoints)."""
+    (out / name).mkdir(parents=True)
+    (out / name / "test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    bleu, signature = corpus_bleu(hyps, refs, "13a")
+    tok_bleu, tok_signature = corpus_bleu(hyps, refs, "none")
+    result = {"system": name, "status": "ok", "dev": {"ppl": 12.5},
+              "train": {"stop": "converged", "epochs": 3, "best_epoch": 2, "cpu_seconds": 60.0},
+              "splits": {"test": {"name": "tst2013", "sentences": len(refs), "bleu": bleu.score,
+                                  "tok_bleu": tok_bleu.score, "chrf": 50.0, "signature": signature,
+                                  "tok_signature": tok_signature}}}
+    (out / name / "result.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def test_a_finished_study_is_re_marked_from_its_hypotheses(stanford, tmp_path, capsys):
+    """--tables-only rewrites results.md from the stored result.json and test.hyp files with the
+    test --significance names, training and decoding nothing. Stage 1 here differs from the
+    baseline in one sentence: AR marks it (+) (MultEval's strict count: p = 1/(B+1)), the
+    one-sided bootstrap does not; stage 2 is the reference itself, (+) by every test."""
+    out = tmp_path / "study"
+    refs = split_text(stanford["data"], "test")[1]
+    baseline = [" ".join(line.split()[: len(line.split()) // 2]) for line in refs]
+    _finished_run(out, "transformer", baseline, refs)
+    _finished_run(out, "decoder", [refs[0]] + baseline[1:], refs)
+    _finished_run(out, "finetune-lr8e-5", refs, refs)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def cells(table: str, label: str) -> list[str]:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
+        return row.split(" | ")[3:5]                      # test BLEU, test tok. BLEU
+
+    def remark(*extra: str) -> str:
+        assert run_experiments.main(["--data", str(stanford["data"]), "--bert", str(stanford["bert"]), "--out",
+                                     str(out), "--tables-only", "--no-progress", *extra]) == 0
+        return (out / "results.md").read_text(encoding="utf-8")
+
+    table = remark()                                        # the default: the paper's test
+    assert "(test: approximate randomization, 10,000 trials, seed 12345, p < 0.05; the paper's MultEval test" in table
+    assert all(cell.endswith(" (+)") for label in ("Decoder training (stage 1, BERT frozen)", "+ Fine-tuning (stage 2)")
+               for cell in cells(table, label))
+    table = remark("--significance", "bootstrap-one-sided")
+    assert "(test: one-sided paired bootstrap, 1,000 resamples, seed 12345, p < 0.05; Koehn 2004" in table
+    assert "approximate randomization" not in table
+    stage1 = json.loads((out / "decoder" / "result.json").read_text())["splits"]["test"]
+    assert cells(table, "Decoder training (stage 1, BERT frozen)") == [f"{stage1['bleu']:.2f}", f"{stage1['tok_bleu']:.2f}"]
+    assert all(cell.endswith(" (+)") for cell in cells(table, "+ Fine-tuning (stage 2)"))
+    # nothing trained or decoded, the stored results untouched, no record of a training invocation written
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {p: after[p] for p in before} == before
+    assert sorted(p.name for p in set(after) - set(before)) == ["experiment.log", "results.md"]
+    # a bad test or a directory without results: one error line, exit 2
+    capsys.readouterr()
+    assert run_experiments.main(["--data", str(stanford["data"]), "--out", str(out), "--tables-only",
+                                 "--significance-samples", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --significance-samples must be >= 1")
+    assert run_experiments.main(["--data", str(stanford["data"]), "--out", str(tmp_path / "none"), "--tables-only"]) == 2
+    assert "no results to tabulate" in capsys.readouterr().err

@@ -392,6 +392,195 @@ def test_stdin_reference_count_is_checked_at_the_end(tmp_path, ckpt, capsys, mon
     assert code == 2 and len(out.splitlines()) == 2 and "line counts differ" in err
 
 
+# ---------------------------------------------------------------- scoring given translations (--score-reference)
+
+PAIRS = [("the house is small .", "das ist ein Haus ."), ("the cat sat on the mat .", "die Katze sitzt auf der Matte ."),
+         ("the dog is big !", "der Hund ist groß !"), ("the cat is big .", "die Katze ist groß ."),
+         ("the dog sat on the mat !", "der Hund sitzt auf der Matte !")]
+
+
+def teacher_forced_by_hand(tr, source, target_ids, lenpen):
+    """The model's log p of each target id and EOS, from one full forward pass: log_softmax, gather."""
+    src = torch.tensor([tr.source.encode(source)])
+    prev = torch.tensor([[1, *target_ids]])                                   # BOS + y
+    with torch.no_grad():
+        logits = tr.model(src, torch.ones_like(src, dtype=torch.bool), prev)  # [1,T,V]
+    gold = torch.tensor([*target_ids, 2])                                     # y + EOS
+    log_probs = torch.log_softmax(logits[0].double(), -1).gather(1, gold[:, None])[:, 0]
+    return log_probs.tolist(), log_probs.sum().item() / len(gold) ** lenpen
+
+
+def test_score_is_the_models_length_normalised_log_probability(ckpt):
+    tr = translate.Translator.from_checkpoint(ckpt)
+    sources = [s for s, _ in PAIRS] + ["a red dog"]
+    targets = [t for _, t in PAIRS] + [""]                                    # an empty target: EOS alone
+    for lenpen in (0.0, 0.6, 1.0):
+        results = tr.score(sources, targets, lenpen=lenpen)
+        for source, target, got in zip(sources, targets, results):
+            ids = tr.target.encode(target)                                    # the training target pipeline
+            log_probs, score = teacher_forced_by_hand(tr, source, ids, lenpen)
+            assert got.tokens == tr.target.tokens(target) + ["</s>"] and len(got.log_probs) == len(ids) + 1
+            assert got.log_probs == pytest.approx(log_probs, rel=1e-6, abs=1e-5)
+            assert got.score == pytest.approx(score, rel=1e-6, abs=1e-5) and got.score < 0
+    tr.lenpen = 0.6                                                           # None: the model's default
+    assert [r.score for r in tr.score(sources, targets)] == [r.score for r in tr.score(sources, targets, lenpen=0.6)]
+
+
+def test_beam_hypotheses_scored_get_their_beam_scores(ckpt):
+    from nmt.decode.translator import teacher_forced_log_probs
+    tr = translate.Translator.from_checkpoint(ckpt)
+    for line in [s for s, _ in PAIRS]:
+        ids = torch.tensor([tr.source.encode(line)])
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        for lenpen in (0.5, 1.0):
+            hyps = beam_search(tr.model, ids, mask, beam_size=4, nbest=4, lenpen=lenpen)[0]
+            n = len(hyps)
+            for h, log_probs in zip(hyps, teacher_forced_log_probs(tr.model, ids.repeat(n, 1), mask.repeat(n, 1),
+                                                                   [h.tokens for h in hyps])):
+                assert sum(log_probs) / len(log_probs) ** lenpen == pytest.approx(h.score, abs=1e-5)
+
+
+def test_scores_do_not_depend_on_batching(ckpt):
+    tr = translate.Translator.from_checkpoint(ckpt)
+    sources = [s for s, _ in PAIRS] * 2 + ["", "dogs"]
+    targets = [t for _, t in PAIRS] + [t for _, t in reversed(PAIRS)] + ["", "Hund"]
+    alone = [tr.score([s], [t])[0].score for s, t in zip(sources, targets)]
+    for batch_size, max_tokens in ((1, None), (3, None), (64, 20), (64, 4000)):
+        got = [r.score for r in tr.score(sources, targets, batch_size=batch_size, max_tokens=max_tokens)]
+        assert got == pytest.approx(alone, abs=1e-5)
+    assert alone[-2] == 0.0                                                   # an empty line, as translate gives it
+
+
+def test_score_errors_name_the_line(ckpt):
+    tr = translate.Translator.from_checkpoint(ckpt)
+    with pytest.raises(translate.TranslateError, match=r"src:2 is empty but tgt:2 is not"):
+        tr.score(["the cat .", " "], ["die Katze .", "Katze"], name="src", target_name="tgt")
+    with pytest.raises(translate.TranslateError, match=r"tgt:1: 1100 target tokens, more than the 1023"):
+        tr.score(["the cat ."], ["t" * 1100], name="src", target_name="tgt")
+    with pytest.raises(translate.TranslateError, match=r"src has 2 lines, tgt has 1"):
+        tr.score(["the cat .", "a dog"], ["die Katze ."], name="src", target_name="tgt")
+    warnings = []
+    tr.score(["the cat .", " ".join(["dog"] * 40)], ["Katze", "Hund"], warn=warnings.append)
+    assert len(warnings) == 1 and "<input>:2: 42 source tokens" in warnings[0]   # truncated, as translate does
+
+
+def test_score_reference_writes_one_score_per_line(tmp_path, ckpt, capsys, monkeypatch):
+    import io
+    from nmt.weights.checkpoint import update_checkpoint
+    update_checkpoint(ckpt, decoding={"lenpen": 0.6, "chosen_on": "dev BLEU"})
+    sources = SOURCE                                                          # lines 2 and 5 are empty
+    targets = ["die Katze sitzt .", "", "der Hund !", "Hunde", "", "das Haus ist klein ."]
+    src, ref, dst = tmp_path / "in.txt", tmp_path / "ref.txt", tmp_path / "out.txt"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(targets) + "\n", encoding="utf-8")
+    one = ["--batch-size", 1]                     # one line per batch: the same sums whatever the buffers
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--score-reference", ref, *one)
+    assert code == 0, err
+    expected = translate.Translator.from_checkpoint(ckpt).score(sources, targets)        # lenpen 0.6, stored
+    lines = out.splitlines()
+    assert [float(x) for x in lines] == pytest.approx([r.score for r in expected], rel=1e-6, abs=1e-5)
+    assert len(lines) == len(sources) and lines[1] == lines[4] == "0.000000" and lines[0] != "0.000000"
+    assert run(capsys, "--checkpoint", ckpt, "--input", src, "--score-reference", ref, "--lenpen", 1.0)[1] != out
+    assert run(capsys, "--checkpoint", ckpt, "--input", src, "--score-reference", ref, "--output", dst, *one)[0] == 0
+    assert dst.read_text(encoding="utf-8") == out
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(sources).encode())))
+    assert run(capsys, "--checkpoint", ckpt, "--score-reference", ref, "--buffer-size", 4, *one)[1] == out
+
+
+def test_score_reference_line_counts_must_agree(tmp_path, ckpt, capsys, monkeypatch):
+    import io
+    src, ref, dst = tmp_path / "in.txt", tmp_path / "ref.txt", tmp_path / "out.txt"
+    src.write_text("the cat .\na dog .\nthe mat .\n", encoding="utf-8")
+    ref.write_text("Katze\nHund\n", encoding="utf-8")
+    with monkeypatch.context() as m:                                          # a file is counted before loading
+        m.setattr(translate.Translator, "from_checkpoint", lambda *a, **k: pytest.fail("loaded"))
+        code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--score-reference", ref)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err == f"error: line counts differ: {src} has 3 lines, {ref} has 2; --score-reference needs one " \
+                  "translation per input line\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the cat .\na dog .\nthe mat .\n")))
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--score-reference", ref, "--output", dst)
+    assert code == 2 and not dst.exists() and f"<stdin> has more than 2 lines, {ref} has 2" in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the cat .\n")))
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--score-reference", ref)
+    assert code == 2 and f"<stdin> has 1 lines, {ref} has 2" in err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--sampling"], "--sampling"), (["--nbest", "2"], "--nbest"), (["--beam", "4"], "--beam"),
+    (["--seed", "1"], "--seed"), (["--no-repeat-ngram-size", "2"], "--no-repeat-ngram-size"),
+    (["--reference", "ref.txt"], "--reference"),
+])
+def test_score_reference_refuses_search_options(tmp_path, ckpt, capsys, monkeypatch, flags, named):
+    src = tmp_path / "in.txt"
+    src.write_text("the cat sat .\n", encoding="utf-8")
+    monkeypatch.setattr(translate.Translator, "from_checkpoint", lambda *a, **k: pytest.fail("loaded"))
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--score-reference", src, *flags)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: --score-reference scores the given translations") and named in err
+
+
+def test_help_states_the_score_references_formula(capsys):
+    with pytest.raises(SystemExit):
+        translate.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--score-reference FILE score the translations in FILE" in text
+    assert "sum(log p(token)) / len**lenpen over the tokens and EOS, len counting EOS" in text
+
+
+def train_on_pairs(path, steps=200):
+    """The tiny checkpoint, trained until it has learned PAIRS (full batch, Adam, no dropout)."""
+    make_checkpoint(path)
+    state = torch.load(path)
+    model = build_model(ModelSpec.from_dict(state["model_spec"]))
+    model.load_state_dict(state["model"])
+    source, target = SourcePipeline.from_dict(state["source"]), TargetPipeline.from_dict(state["target"])
+    src_ids = [source.encode(s) for s, _ in PAIRS]
+    tgt_ids = [target.encode(t) for _, t in PAIRS]
+    src = torch.zeros(len(PAIRS), max(map(len, src_ids)), dtype=torch.long)
+    prev = torch.zeros(len(PAIRS), max(map(len, tgt_ids)) + 1, dtype=torch.long)
+    gold = torch.zeros_like(prev)
+    for row, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+        src[row, :len(s)] = torch.tensor(s)
+        prev[row, :len(t) + 1] = torch.tensor([1, *t])
+        gold[row, :len(t) + 1] = torch.tensor([*t, 2])
+    model.eval()                                                              # no dropout: it learns fast
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, _ = model(src, src != 0, prev, target=gold, label_smoothing=0.0)
+        loss.backward()
+        opt.step()
+    state["model"] = model.state_dict()
+    torch.save(state, path)
+    return path
+
+
+def test_a_trained_model_ranks_its_own_translations_above_shuffled_references(tmp_path, capsys):
+    ckpt = train_on_pairs(tmp_path / "trained.pt")
+    sources, references = [s for s, _ in PAIRS], [t for _, t in PAIRS]
+    src, own, ref, shuffled = (tmp_path / f"{name}.txt" for name in ("in", "own", "ref", "shuffled"))
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--beam", 4, "--nbest", 2, "--max-len-b", 30)
+    assert code == 0, err
+    rows = [line.split(" ||| ") for line in out.splitlines()]
+    best = [next(r for r in rows if r[0] == str(i)) for i in range(len(sources))]       # n-best: best first
+    own.write_text("".join(r[1] + "\n" for r in best), encoding="utf-8")
+    ref.write_text("\n".join(references) + "\n", encoding="utf-8")
+    shuffled.write_text("\n".join(references[1:] + references[:1]) + "\n", encoding="utf-8")   # another line's
+    scores = {}
+    for path in (own, ref, shuffled):
+        code, out, err = run(capsys, "--checkpoint", ckpt, "--input", src, "--score-reference", path)
+        assert code == 0, err
+        scores[path.stem] = [float(x) for x in out.splitlines()]
+    assert all(o > s for o, s in zip(scores["own"], scores["shuffled"])), scores
+    assert all(r > s for r, s in zip(scores["ref"], scores["shuffled"])), scores
+    # where it learned the reference, its translation, scored as text, gets the beam score translate wrote
+    learned = [i for i, r in enumerate(best) if r[1] == references[i]]
+    assert len(learned) >= 3, best
+    assert [scores["own"][i] for i in learned] == pytest.approx([float(best[i][2]) for i in learned], abs=2e-4)
+
+
 # ---------------------------------------------------------------- --sampling, --no-repeat-ngram-size
 
 def test_sampling_is_reproducible_per_line_whatever_the_buffers(tmp_path, ckpt, capsys):

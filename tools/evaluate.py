@@ -1,14 +1,18 @@
 """Score a translation: sacrebleu BLEU (with signature), optional chrF, and, given a baseline's
-output, paired bootstrap significance of the difference (the paper's (+)/(−) marks).
+output, the significance of the difference (the paper's (+)/(−) marks).
 
     python tools/evaluate.py --hyp out.vi --ref tst2013.vi
     python tools/evaluate.py --hyp out.vi --ref tst2013.vi --baseline baseline.vi --chrf
+    python tools/evaluate.py --hyp out.vi --ref tst2013.vi --baseline baseline.vi --significance bootstrap
     python tools/evaluate.py --hyp out.tok.vi --ref tst2013.vi --tokenized   # paper-era tokenized BLEU
     python tools/evaluate.py --checkpoint RUN/finetune/checkpoint_best.pt --data DATA_DIR   # dev PPL
 
 Default BLEU is detokenized, sacrebleu's 13a tokenizer. ``--tokenized`` scores already tokenized
 text as it is (``tokenize="none"``, like multi-bleu.perl): the number the paper's era reported on
-the Stanford pre-tokenized IWSLT references. The p-value definition is in ``nmt/metrics.py``.
+the Stanford pre-tokenized IWSLT references. ``--significance`` picks the test: ``ar``
+(approximate randomization, 10,000 trials: the test of MultEval, which the paper's marks come from,
+so the default), ``bootstrap`` (sacrebleu's paired bootstrap) or ``bootstrap-one-sided`` (Koehn's);
+the report line names the test, and ``nmt/metrics.py`` defines each p-value.
 With ``--checkpoint`` and ``--data`` it prints the checkpoint's loss and perplexity on a prepared
 split instead (``--split``, default ``valid``: the dev set), computed as the trainer's dev evaluation
 (``--dropout-on`` and ``--max-batches N``: the same with dropout on, on the first N batches, to see
@@ -23,7 +27,14 @@ import sys
 from pathlib import Path
 
 from nmt.errors import EvaluationError, NmtError, error_line
-from nmt.metrics import check_parallel, corpus_bleu, corpus_chrf, paired_bootstrap
+from nmt.metrics import (
+    SIGNIFICANCE_TESTS,
+    SignificanceTest,
+    check_parallel,
+    corpus_bleu,
+    corpus_chrf,
+    paired_significance,
+)
 from nmt.text.lines import read_lines
 
 
@@ -33,14 +44,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hyp", type=Path, help="system output, one line per segment")
     parser.add_argument("--ref", type=Path, help="reference translations")
     parser.add_argument("--baseline", type=Path,
-                        help="baseline system output: adds a paired bootstrap test against it")
+                        help="baseline system output: adds a paired significance test against it")
     parser.add_argument("--tokenized", action="store_true",
                         help="inputs are tokenized; score them as they are (sacrebleu tokenize='none')")
     parser.add_argument("--chrf", action="store_true", help="also print chrF")
-    parser.add_argument("--bootstrap-samples", type=int, default=1000,
-                        help="bootstrap resamples (default: 1000)")
+    parser.add_argument("--significance", choices=SIGNIFICANCE_TESTS, default="ar",
+                        help="the test against --baseline: ar, approximate randomization (the paper's, "
+                             "MultEval's; the default); bootstrap, sacrebleu's two-sided paired bootstrap; "
+                             "bootstrap-one-sided, Koehn's one-sided paired bootstrap")
+    parser.add_argument("--samples", "--bootstrap-samples", dest="samples", type=int,
+                        help="AR trials or bootstrap resamples (default: 10,000 for ar, 1,000 for the "
+                             "bootstraps, as sacrebleu and MultEval)")
     parser.add_argument("--seed", type=int, default=12345,
-                        help="seed of the resampling RNG (default: 12345, as sacrebleu)")
+                        help="seed of the test's RNG (default: 12345, as sacrebleu)")
     parser.add_argument("--alpha", type=float, default=0.05,
                         help="significance level (default: 0.05)")
     parser.add_argument("--checkpoint", type=Path,
@@ -84,10 +100,13 @@ def run(args: argparse.Namespace, print_fn=print) -> None:
         return run_perplexity(args, print_fn)
     if args.hyp is None or args.ref is None:
         raise EvaluationError("need --hyp and --ref (or --checkpoint and --data for the dev perplexity)")
-    if args.bootstrap_samples < 1:
-        raise EvaluationError(f"--bootstrap-samples must be at least 1, got {args.bootstrap_samples}")
+    if args.samples is not None and args.samples < 1:
+        raise EvaluationError(f"--samples must be at least 1, got {args.samples}")
     if not 0 < args.alpha < 1:
         raise EvaluationError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.seed < 0:
+        raise EvaluationError(f"--seed must be at least 0, got {args.seed}")
+    test = SignificanceTest.named(args.significance, args.samples, args.seed, args.alpha)
     tokenize = "none" if args.tokenized else "13a"
     hyps, refs = read_segments(args.hyp), read_segments(args.ref)
     files = [(args.hyp, hyps), (args.ref, refs)]
@@ -107,10 +126,7 @@ def run(args: argparse.Namespace, print_fn=print) -> None:
     if baseline is not None:
         baseline_bleu, _ = corpus_bleu(baseline, refs, tokenize)
         print_fn(f"baseline {baseline_bleu}")
-        result = paired_bootstrap(hyps, baseline, refs, tokenize=tokenize,
-                                  num_samples=args.bootstrap_samples, seed=args.seed,
-                                  alpha=args.alpha)
-        print_fn(result.describe())
+        print_fn(paired_significance(hyps, baseline, refs, test, tokenize=tokenize).describe())
 
 
 def main(argv=None) -> int:

@@ -34,17 +34,22 @@ Every system is evaluated with its best checkpoint (chosen by dev loss only; tes
 used for a choice): dev perplexity (nmt.train.evaluation.checkpoint_perplexity), beam search of every test
 split (and the dev set) from the original text files named in the data directory's meta.json, BLEU
 (sacrebleu 13a on the output as translate.py writes it, and tokenize "none": the paper-era
-tokenized BLEU on pre-tokenized references such as the Stanford IWSLT files), chrF, and paired
-bootstrap resampling against the Transformer baseline (1000 samples, p < 0.05: (+)/(−)); once
-``transformer-converged`` has finished, a last table repeats the test against it (the paper's
-baselines are trained to convergence).
+tokenized BLEU on pre-tokenized references such as the Stanford IWSLT files) and chrF. The tables
+mark each BLEU (both columns) against the Transformer baseline, (+)/(−) at p < 0.05, by the test
+``--significance`` names (nmt.metrics.SIGNIFICANCE_TESTS; default ``ar``, approximate
+randomization with 10,000 trials: the paper's MultEval test), computed from the stored hypotheses
+each time the tables are written, and the caption names the test; once ``transformer-converged``
+has finished, a last table repeats the test against it (the paper's baselines are trained to
+convergence).
 
 Resumable: per-system results go to ``OUT/NAME/result.json``; a rerun with the same ``--out`` skips
 finished systems and continues unfinished training from its ``checkpoint_last.pt``. The tables go
 to ``OUT/results.md`` and stdout (a run without a result yet shows as "unfinished", with its
 best dev PPL, epochs and CPU minutes so far). Bad input: ``error: ...`` and exit status 2; Ctrl-C
 saves the current run (SIGTERM and SIGHUP too: exit status 128 + the signal, 130 for Ctrl-C; run the
-same command again to continue).
+same command again to continue). ``--tables-only`` rewrites results.md from what ``--out`` holds
+(result.json and SPLIT.hyp files) and trains and decodes nothing: e.g. the same study re-marked
+with ``--significance bootstrap``.
 
 A recipe search (e.g. the control's dropout, chosen on the dev set): ``--train-only`` with
 ``--set FIELD=VALUE`` and one ``--out`` per setting trains without decoding anything, so no test
@@ -65,6 +70,7 @@ from typing import Callable, Sequence
 
 from nmt.errors import DivergedError, NmtError, error_line
 from nmt.files import DEMO_PAIRS, atomic_copy, atomic_write, demo_name, experiment_dir
+from nmt.metrics import SIGNIFICANCE_TESTS
 from nmt.model.seq2seq import ARCHS
 from nmt.train.config import (
     TrainConfig,
@@ -484,7 +490,7 @@ class Experiment:
         order = list(self.selected)
         # a matched budget is known only after the BERT systems; a converged run continues its matched twin
         order.sort(key=lambda s: 2 if s.group == "converged" else int(s.budget == "matched"))
-        for system in order:
+        for system in order if not self.args.tables_only else []:
             self.run_system(system)
         table = self.tables()
         (self.out / "results.md").write_text(table, encoding="utf-8")
@@ -493,16 +499,23 @@ class Experiment:
         return table
 
     # -- the tables
+    def significance_test(self):
+        """The test that marks the tables (--significance, --significance-samples, --significance-seed)."""
+        from nmt.metrics import SignificanceTest
+        return SignificanceTest.named(self.args.significance, self.args.significance_samples,
+                                      self.args.significance_seed)
+
     def load_results(self) -> dict[str, dict]:
         return {s.name: json.loads(self.result_path(s).read_text(encoding="utf-8"))
                 for s in self.systems if self.result_path(s).is_file()}
 
     def significance_marks(self, results: dict[str, dict], tests: list[str],
                            baseline: str = "transformer") -> dict[tuple[str, str, str], str]:
-        """(system, test split, "bleu" | "tok_bleu") -> "(+)", "(−)" or "": a paired bootstrap test of
-        every finished system against ``baseline`` (none without a finished baseline)."""
+        """(system, test split, "bleu" | "tok_bleu") -> "(+)", "(−)" or "": the significance test of
+        every finished system against ``baseline`` (none without a finished baseline), from the
+        SPLIT.hyp files the runs wrote, so a finished study can be re-marked with another test."""
         from nmt.data.binarized import split_text
-        from nmt.metrics import paired_bootstrap
+        from nmt.metrics import paired_significance
         from nmt.text.lines import read_lines
         if results.get(baseline, {}).get("status") != "ok":
             return {}
@@ -517,9 +530,8 @@ class Experiment:
                 continue
             for t in tests:
                 for key, tok in (("bleu", "13a"), ("tok_bleu", "none")):
-                    marks[name, t, key] = paired_bootstrap(
-                        hyps(name, t), hyps(baseline, t), refs[t], tokenize=tok,
-                        num_samples=self.args.bootstrap_samples, seed=self.args.bootstrap_seed).mark
+                    marks[name, t, key] = paired_significance(
+                        hyps(name, t), hyps(baseline, t), refs[t], self.significance_test(), tokenize=tok).mark
         return marks
 
     def tables(self) -> str:
@@ -605,8 +617,8 @@ class Experiment:
                       f"subword token. BLEU: sacrebleu on the output as written (beam {self.args.beam}, length penalty "
                       f"{self.args.lenpen:g}); tok. BLEU: tokenize 'none' (the paper-era number on pre-tokenized "
                       f"references). "
-                  + (f"(+)/(−): significantly better/worse than the Transformer baseline (paired bootstrap, "
-                     f"{self.args.bootstrap_samples} samples, p < 0.05)." if has_baseline
+                  + (f"(+)/(−): significantly better/worse than the Transformer baseline (test: "
+                     f"{self.significance_test().describe()})." if has_baseline
                      else "No significance marks: the Transformer baseline has not been run.")
                   + (" In the last table, (+)/(−) compare with the converged Transformer baseline." if converged else "")
                   + (" unfinished: a run without a result yet (still training, or interrupted): its best dev PPL, "
@@ -714,8 +726,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
     p.add_argument("--dev-bleu", action=argparse.BooleanOptionalAction, default=True,
                    help="also decode the dev set and report its BLEU in result.json (default: on)")
-    p.add_argument("--bootstrap-samples", type=int, default=1000, help="paired bootstrap resamples (default: 1000)")
-    p.add_argument("--bootstrap-seed", type=int, default=12345, help="resampling seed (default: 12345)")
+    p.add_argument("--significance", choices=SIGNIFICANCE_TESTS, default="ar",
+                   help="the test behind the tables' (+)/(−): ar, approximate randomization (the paper's, "
+                        "MultEval's; the default); bootstrap, sacrebleu's two-sided paired bootstrap; "
+                        "bootstrap-one-sided, Koehn's one-sided paired bootstrap")
+    p.add_argument("--significance-samples", "--bootstrap-samples", dest="significance_samples", type=int,
+                   help="AR trials or bootstrap resamples (default: 10,000 for ar, 1,000 for the bootstraps)")
+    p.add_argument("--significance-seed", "--bootstrap-seed", dest="significance_seed", type=int, default=12345,
+                   help="seed of the test's RNG (default: 12345, as sacrebleu)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="rewrite OUT/results.md from the result.json and SPLIT.hyp files already there, training "
+                        "and decoding nothing (e.g. to re-mark a finished study with another --significance)")
     p.add_argument("--seed", type=int, default=1, help="training seed (default: 1)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when available; the default)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -752,8 +773,13 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
         args.direct_lr = train_lr
     if any(lr <= 0 for lr in finetune_lrs + [args.direct_lr]) or any(n < 0 for n in table4):
         raise ExperimentError("learning rates must be positive and --table4-epochs >= 0")
-    if args.beam < 1 or args.batch_size < 1 or args.bootstrap_samples < 1:
-        raise ExperimentError("--beam, --batch-size and --bootstrap-samples must be >= 1")
+    if args.beam < 1 or args.batch_size < 1:
+        raise ExperimentError("--beam and --batch-size must be >= 1")
+    if (args.significance_samples is not None and args.significance_samples < 1) or args.significance_seed < 0:
+        raise ExperimentError("--significance-samples must be >= 1 and --significance-seed >= 0")
+    if args.tables_only and args.train_only:
+        raise ExperimentError("--tables-only writes the tables without training, --train-only trains without "
+                              "scoring: pass one of them")
     if len(set(map(lr_name, finetune_lrs))) != len(finetune_lrs) or len(set(table4)) != len(table4):
         raise ExperimentError("--finetune-lrs and --table4-epochs must not repeat a value")
     args.baseline_arch = args.baseline_arch or ("transformer-small" if demo else "transformer-base")
@@ -771,7 +797,11 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
         torch.set_num_threads(args.threads)
     from nmt.train.assemble import resolve_device
     args.device = str(resolve_device(args.device))     # one device for training and decoding
-    scratch_archs = sorted({s.arch for s in selected if s.group in FROM_SCRATCH})
+    if args.tables_only and not (out / "results.md").is_file() and not any(out.glob("*/result.json")):
+        raise ExperimentError(f"{out}: no results to tabulate (no */result.json); --tables-only rewrites the tables "
+                              f"of an existing study: pass its --out")
+    # --tables-only trains nothing: no baseline data to prepare, no run config to check
+    scratch_archs = sorted({s.arch for s in selected if s.group in FROM_SCRATCH and not args.tables_only})
     baselines: dict[str, Path] = {}
     if demo:
         data = demo_data_dir(args.pair)
@@ -802,6 +832,9 @@ def make_experiment(args: argparse.Namespace, print_fn=print) -> Experiment:
                 raise ExperimentError(f"the {t!r} references of {baseline} and {data} differ: prepare both from the "
                                       f"same text files")
     experiment = Experiment(out, data, baselines, demo, given, systems, selected, args, stage_epochs, print_fn)
+    experiment.significance_test()              # a bad --significance-* fails before anything runs
+    if args.tables_only:                        # experiment.json keeps the record of the training invocation
+        return experiment
     for s in selected:                          # every run's config must be valid before anything trains
         experiment.config_for(s, budget=False).validate()
     out.mkdir(parents=True, exist_ok=True)

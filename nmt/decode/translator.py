@@ -15,23 +15,34 @@ Each line gives a :class:`TranslationResult` (as CTranslate2's ``translate_batch
     translator = Translator.from_checkpoint("checkpoints/demo-en-de")    # a run directory or a .pt
     result = translator.translate(["Click OK."])[0]
     result.text, result.score                  # ('Klicken Sie auf OK.', -0.41)   (for example)
+
+:meth:`Translator.score` scores given translations instead (fairseq-generate's
+``--score-reference``, CTranslate2's ``score_batch``): each target line goes through the training
+target pipeline, is teacher-forced through the model, and gets the score the beam search gives a
+hypothesis (:class:`ScoringResult`), so an n-best list can be rescored and references compared::
+
+    translator.score(["Click OK."], ["Klicken Sie auf OK."])[0].score       # -0.41 (the same model)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.cpu.inference_linear import check_compute_type, prepare_for_translation
 from nmt.decode.beam_search import Hypothesis, beam_search, greedy_search
-from nmt.decode.length_penalty import DEFAULT_LENPEN
+from nmt.decode.length_penalty import DEFAULT_LENPEN, length_normalized
 from nmt.decode.sampling import check_sampling_options, row_seed, sample_search
 from nmt.errors import TranslateError
+from nmt.model.logit_chunks import logit_chunk_rows
 from nmt.model.seq2seq import Seq2Seq
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
+from nmt.text.vocab import Vocab
 from nmt.weights.checkpoint import (
     best_checkpoint_path,
     load_checkpoint,
@@ -58,7 +69,17 @@ class TranslationResult:
         return self.hypotheses[0].score
 
 
+@dataclass(frozen=True)
+class ScoringResult:
+    """A given translation's score (as CTranslate2's ``score_batch`` gives it): ``score`` is what the
+    beam search would give it as a hypothesis, sum(log_probs) / len(log_probs) ** lenpen."""
+    tokens: list[str]           # target symbols (BPE) as the model reads them, "</s>" last
+    log_probs: list[float]      # log p of each of ``tokens`` given the source and the tokens before it
+    score: float                # length-normalised sum of ``log_probs`` (nmt/decode/length_penalty.py)
+
+
 EMPTY = TranslationResult([TranslationHypothesis("", 0.0)])
+EMPTY_SCORE = ScoringResult([], [], 0.0)        # an empty source with an empty target, as translate gives it
 DEFAULT_BEAM = 10                       # the paper's beam size
 
 
@@ -181,6 +202,62 @@ class Translator:
                 progress.update(len(batch))
         return results
 
+    def score(self, sources: Sequence[str], targets: Sequence[str], *, lenpen: float | None = None,
+              batch_size: int = 64, max_tokens: int | None = 4000, name: str = "<input>",
+              target_name: str = "<targets>", first_line: int = 1, warn: Callable[[str], None] = lambda m: None,
+              progress=None) -> list[ScoringResult]:
+        """One :class:`ScoringResult` per (source, target) pair, in input order: the target, encoded by
+        the training target pipeline with EOS appended, teacher-forced through the model, and scored
+        as the beam search scores a hypothesis. ``lenpen``: None for the model's default (:attr:`lenpen`).
+
+        Sources are encoded, truncated (with a warning) and batched as :meth:`translate` does it; the
+        search limits (``max_len_a``/``b``, the shortest hypothesis) do not apply: an empty target is
+        scored as EOS alone. An empty source gives score 0 with an empty target (translate's empty
+        translation); a non-empty target for it, or one longer than the decoder's positions, is a
+        TranslateError naming the line. A translation :meth:`translate` wrote gets back its score when
+        its text encodes to the tokens it was written from (not so for ``<unk>`` or a word cut off
+        at the length limit).
+        """
+        if len(sources) != len(targets):
+            raise TranslateError(f"line counts differ: {name} has {len(sources)} lines, {target_name} has "
+                                 f"{len(targets)}; scoring needs one target line per source line")
+        lenpen = self.lenpen if lenpen is None else lenpen
+        encoded = self.encode_lines(sources, name, warn, first_line)
+        target_ids = self.encode_targets(targets, encoded, name, target_name, first_line)
+        symbols = self.target.vocab.symbols
+        results: list[ScoringResult] = [EMPTY_SCORE for _ in sources]
+        for batch in length_sorted_batches(encoded, batch_size, max_tokens):
+            src, mask = self.source_batch([encoded[i] for i in batch])
+            for i, log_probs in zip(batch, teacher_forced_log_probs(self.model, src, mask,
+                                                                    [target_ids[i] for i in batch])):
+                tokens = [symbols[t] for t in target_ids[i]] + [symbols[Vocab.EOS]]
+                results[i] = ScoringResult(tokens, log_probs,
+                                           float(length_normalized(math.fsum(log_probs), len(log_probs), lenpen)))
+            if progress is not None:
+                progress.update(len(batch))
+        return results
+
+    def encode_targets(self, targets: Sequence[str], encoded_sources: Sequence[list[int] | None], name: str,
+                       target_name: str, first_line: int = 1) -> list[list[int] | None]:
+        """Target ids per line (without BOS/EOS), None where the source is empty; TranslateError for a
+        target the beam search could not write: one for an empty source, or too long for the decoder."""
+        positions = int(self.model.decoder.max_positions)
+        out: list[list[int] | None] = []
+        for number, (line, source) in enumerate(zip(targets, encoded_sources), first_line):
+            if source is None:
+                if line.strip():
+                    raise TranslateError(f"{name}:{number} is empty but {target_name}:{number} is not: an empty "
+                                         f"line translates to an empty line, so only an empty target can be scored")
+                out.append(None)
+                continue
+            ids = self.target.encode(line)
+            if len(ids) >= positions:
+                raise TranslateError(f"{target_name}:{number}: {len(ids)} target tokens, more than the "
+                                     f"{positions - 1} the decoder can read after BOS ({positions} positions); "
+                                     f"shorten or split the line")
+            out.append(ids)
+        return out
+
     def source_batch(self, encoded: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded source ids and mask [B,S] of encoded lines, on the translator's device."""
         longest = max(len(ids) for ids in encoded)
@@ -215,6 +292,33 @@ class Translator:
             return sample_search(model, src, mask, num_samples=width, sampling_topk=sampling_topk,
                                  sampling_topp=sampling_topp, temperature=temperature, generator=generators, **limits)
         return run
+
+
+@torch.no_grad()
+def teacher_forced_log_probs(model, src_ids: Tensor, src_mask: Tensor, targets: Sequence[list[int]],
+                             chunk_bytes: int | None = None) -> list[list[float]]:
+    """Per sentence, the log-probability of each target token and then of EOS, given the source and
+    the tokens before it: the decoder reads BOS + the target at once (teacher forcing, as in
+    training), and each row is a log-softmax over the float32 logits, as the searches compute it.
+    src_ids, src_mask [B,S]; ``targets``: B lists of target ids without BOS/EOS. The output
+    projection runs over row chunks (``chunk_bytes``, nmt/model/logit_chunks.py), padding skipped.
+    """
+    device, lengths = src_ids.device, torch.tensor([len(ids) + 1 for ids in targets])      # [B], EOS counted
+    prev = torch.full((len(targets), int(lengths.max())), Vocab.PAD, dtype=torch.long)     # [B,T]: BOS + y
+    gold = torch.full_like(prev, Vocab.PAD)                                                # [B,T]: y + EOS
+    for row, ids in enumerate(targets):
+        prev[row, :len(ids) + 1] = torch.tensor([Vocab.BOS, *ids], dtype=torch.long)
+        gold[row, :len(ids) + 1] = torch.tensor([*ids, Vocab.EOS], dtype=torch.long)
+    real = (torch.arange(prev.size(1))[None, :] < lengths[:, None]).to(device)             # [B,T]
+    prev, gold = prev.to(device), gold.to(device)
+    hidden = model.decoder.features(prev, model.encode(src_ids, src_mask), src_mask)[real]   # [N,H], row-major
+    want = gold[real]                                                                       # [N]
+    step = logit_chunk_rows(model.decoder.vocab_size, device, chunk_bytes)
+    picked = [F.log_softmax(model.decoder.output_projection(hidden[i:i + step]).float(), dim=-1)
+              .gather(1, want[i:i + step, None])[:, 0] for i in range(0, want.numel(), step)]
+    flat = torch.cat(picked).double().cpu().tolist()
+    ends = lengths.cumsum(0).tolist()
+    return [flat[end - n:end] for end, n in zip(ends, lengths.tolist())]
 
 
 def search_width(beam: int | None, nbest: int, sampling: bool) -> int:
