@@ -178,6 +178,25 @@ def test_resume_keeps_the_reference(stage1):
     assert before == after
 
 
+def test_resume_with_the_bert_moved(work, stage1, tmp_path):
+    run, moved = tmp_path / "run", tmp_path / "elsewhere" / "bert.pt"
+    shutil.copytree(stage1["run"], run)
+    moved.parent.mkdir()
+    shutil.copy(stage1["bert"], moved)
+    shutil.copy(stage1["step2"], run / "decoder" / "checkpoint_last.pt")
+    # the same file at another path: resumed (the sha256 identifies it), recorded from now on
+    setup(make_cfg(work, run, moved, max_steps=3, resume=True), print_fn=lambda *_: None).fit()
+    reference = load_checkpoint(run / "decoder" / "checkpoint_last.pt", with_bert=False)["bert_reference"]
+    assert reference["path"] == str(moved) and reference["sha256"] == bert_sha256(stage1["bert"])
+    # another BERT under the new path: refused, naming the sha256
+    bert = load_native(moved)
+    bert.state_dict["embeddings.word.weight"][0, 0] += 1.0
+    other = tmp_path / "other.pt"
+    save_native(bert, other)
+    with pytest.raises(CheckpointError, match=r"other.pt: not the BERT .* was trained with \(its sha256 is"):
+        setup(make_cfg(work, run, other, max_steps=4, resume=True), print_fn=lambda *_: None)
+
+
 def test_averaging_stage1_checkpoints(stage1, tmp_path):
     out = tmp_path / "avg.pt"
     assert average_cli.main(["--inputs", str(stage1["step2"]), str(stage1["step4"]), "--output", str(out)]) == 0

@@ -222,10 +222,15 @@ def continue_config(cfg: TrainConfig, given: Iterable[str], print_fn: Callable[[
 def check_resume(cfg: TrainConfig, path: Path, print_fn: Callable[[str], None]) -> None:
     """--resume continues the run the checkpoint ``path`` describes: a setting that must match and
     differs is a TrainingError listing each with both values; the others that differ are said in one
-    line. Nothing to check without the file (assemble_run says there is nothing to resume)."""
+    line. Stage 1's BERT may come from another path (a moved file) when its sha256 is the one the
+    checkpoint records. Nothing to check without the file (assemble_run says there is nothing to resume)."""
     if not path.is_file():
         return
-    must, may = resume_differences(checkpoint_header(path).get("config", {}), cfg)
+    header = checkpoint_header(path)
+    must, may = resume_differences(header.get("config", {}), cfg)
+    moved = [d for d in must if d[0] == "bert" and header.get("bert_reference") and cfg.bert is not None]
+    if moved:       # stage 1 names its BERT by sha256: another path is fine when the file is the same
+        must, may = [d for d in must if d not in moved], may + moved    # (load_checkpoint checks the sha256)
     if must:
         raise TrainingError(f"{path}: --resume with settings that must stay as the run started: "
                             f"{describe_differences(must)}; drop those flags (the checkpoint's values apply), "

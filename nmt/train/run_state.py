@@ -335,9 +335,11 @@ class RunState:
         self.best_dev_bleu = state.get("best_dev_bleu")            # absent in older checkpoints
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))     # absent in older checkpoints
         self.owed = dict(state.get("owed") or {})                     # end-of-epoch work still to do
-        if state.get("bert_reference"):                               # stage 1: the same BERT as before
-            self._bert_reference = {k: v for k, v in state["bert_reference"].items()
-                                    if k not in ("parameters", "tensor_bytes")}
+        # stage 1: the same BERT as before; one moved to the path given (its sha256 checked on loading)
+        # is recorded anew by frozen_bert
+        reference = state.get("bert_reference")
+        if reference and (self.cfg.bert is None or Path(self.cfg.bert).resolve() == Path(reference["resolved"])):
+            self._bert_reference = {k: v for k, v in reference.items() if k not in ("parameters", "tensor_bytes")}
         if self.batch_in_epoch > 0 and "epoch_totals" in state:      # the epoch's sums so far
             self.epoch_totals = Totals(**state["epoch_totals"])
             self.epoch_seconds = float(state.get("epoch_seconds", 0.0))
