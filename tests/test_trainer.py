@@ -528,6 +528,89 @@ def test_best_and_epoch_checkpoints_are_snapshots_without_the_optimizer(work, tm
         assert 2 * trained < saved < 2.5 * trained
 
 
+def tensor_bytes(model_state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in model_state.values())
+
+
+def test_float16_snapshots_halve_the_weights_and_every_reader_computes_in_float32(work, tmp_path):
+    """--snapshot-dtype float16: best and epoch snapshots hold float16 weights (half the tensor bytes),
+    checkpoint_last.pt stays float32; translating, the length-penalty choice, perplexity, averaging and
+    --init read them back as float32, the same numbers as the float32 weights rounded to float16."""
+    from nmt.decode.translator import Translator
+    from nmt.train.evaluation import checkpoint_perplexity
+    from nmt.weights.checkpoint import average_checkpoints, save_checkpoint
+    trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=2, keep_last_epochs=2,
+                             snapshot_dtype="float16", lenpen_grid="1.0,2.0"), print_fn=quiet)
+    trainer.fit()
+    stage = tmp_path / "decoder"
+    last = load_checkpoint(stage / "checkpoint_last.pt", required=(), with_bert=False)
+    assert "snapshot_dtype" not in last and {t.dtype for t in last["model"].values()} == {torch.float32}
+    for name in ("checkpoint_best.pt", "checkpoint_epoch1.pt", "checkpoint_epoch2.pt"):
+        stored = load_checkpoint(stage / name, required=(), with_bert=False)       # as stored
+        assert stored["snapshot_dtype"] == "float16", name
+        assert {t.dtype for t in stored["model"].values()} == {torch.float16}, name
+        assert 2 * tensor_bytes(stored["model"]) == tensor_bytes(last["model"]), name
+        assert {t.dtype for t in load_checkpoint(stage / name)["model"].values()} == {torch.float32}, name
+    epoch2 = load_checkpoint(stage / "checkpoint_epoch2.pt", required=(), with_bert=False)
+    for k, v in last["model"].items():              # last's weights rounded: within fp16's 2^-11 relative error
+        assert torch.equal(epoch2["model"][k], v.half()), k
+        assert ((epoch2["model"][k].float() - v).abs() <= v.abs() * 2**-11 + 2**-24).all(), k
+    best = load_checkpoint(stage / "checkpoint_best.pt", required=(), with_bert=False)
+    assert best["decoding"]["grid"] == [1.0, 2.0]       # update_checkpoint kept the file float16
+    # the reference: the same checkpoint with float32 weights rounded to float16 and back
+    rounded = tmp_path / "rounded.pt"
+    save_checkpoint(rounded, {**{k: v for k, v in best.items() if k != "snapshot_dtype"},
+                              "model": {k: v.float() for k, v in best["model"].items()}})
+    lines = [e for e, _ in work["dev_pairs"][:4]]
+    snapshot = stage / "checkpoint_best.pt"
+    ours, theirs = (Translator.from_checkpoint(p).translate(lines, beam=3) for p in (snapshot, rounded))
+    assert [(r.text, r.score) for r in ours] == [(r.text, r.score) for r in theirs]
+    assert checkpoint_perplexity(snapshot, work["data"]) == checkpoint_perplexity(rounded, work["data"])
+    # averaging two float16 snapshots: the mean of their float32 values, stored float32
+    avg = average_checkpoints([stage / "checkpoint_epoch1.pt", stage / "checkpoint_epoch2.pt"])
+    epoch1 = load_checkpoint(stage / "checkpoint_epoch1.pt", required=(), with_bert=False)
+    assert "snapshot_dtype" not in avg
+    for k, v in avg["model"].items():
+        assert v.dtype == torch.float32, k
+        if not k.startswith("encoder."):
+            torch.testing.assert_close(v, (epoch1["model"][k].float() + epoch2["model"][k].float()) / 2, rtol=0,
+                                       atol=1e-7)
+    # stage 2 from the float16 snapshot: a float32 model with the rounded decoder and the BERT file's encoder
+    ft = setup(make_cfg(work, tmp_path, stage="finetune", init=str(stage / "checkpoint_epoch2.pt"), max_steps=1,
+                        snapshot_dtype="bfloat16"), print_fn=quiet)
+    assert {p.dtype for p in ft.model.parameters()} == {torch.float32}
+    decoder = ft.model.decoder.state_dict()
+    assert all(torch.equal(decoder[k.removeprefix("decoder.")], v.float())
+               for k, v in epoch2["model"].items() if k.startswith("decoder."))
+    bert = torch.load(work["bert"], weights_only=True)["model"]
+    assert torch.equal(ft.model.encoder.state_dict()["embeddings.word.weight"],
+                       bert["embeddings.word.weight"].float())
+    assert ft.fit() == "max_steps"
+
+
+def test_snapshot_dtypes_round_within_their_precision_and_a_bad_one_is_refused(work, tmp_path, capsys):
+    """bfloat16 keeps 8 significant bits (relative error <= 2^-8), float32 keeps the weights as they are;
+    --snapshot-dtype anything else is a ConfigError (one error line, exit status 2)."""
+    from nmt.weights.checkpoint import save_snapshot
+    setup(make_cfg(work, tmp_path, stage="decoder", max_steps=2), print_fn=quiet).fit()
+    last_path = tmp_path / "decoder" / "checkpoint_last.pt"
+    last = load_checkpoint(last_path, required=(), with_bert=False)
+    save_snapshot(last_path, tmp_path / "bf16.pt", "bfloat16")
+    save_snapshot(last_path, tmp_path / "fp32.pt", "float32")
+    bf16 = load_checkpoint(tmp_path / "bf16.pt", required=(), with_bert=False)
+    assert bf16["snapshot_dtype"] == "bfloat16" and 2 * tensor_bytes(bf16["model"]) == tensor_bytes(last["model"])
+    read = load_checkpoint(tmp_path / "bf16.pt", with_bert=False)["model"]
+    for k, v in last["model"].items():
+        assert read[k].dtype == torch.float32 and ((read[k] - v).abs() <= v.abs() * 2**-8).all(), k
+    fp32 = load_checkpoint(tmp_path / "fp32.pt", required=(), with_bert=False)
+    assert "snapshot_dtype" not in fp32 and all(torch.equal(fp32["model"][k], v) for k, v in last["model"].items())
+    with pytest.raises(ConfigError, match="unknown --snapshot-dtype 'half'"):
+        make_cfg(work, tmp_path, snapshot_dtype="half").validate()
+    code, err = run_cli(["--data", str(work["data"]), "--bert", str(work["bert"]), "--run-dir", str(tmp_path / "x"),
+                         "--snapshot-dtype", "float64"], capsys)
+    assert code == 2 and "unknown --snapshot-dtype 'float64'; expected float32, float16, bfloat16" in err, err
+
+
 def test_best_metric_bleu_picks_the_best_checkpoint_by_dev_bleu(work, tmp_path, monkeypatch):
     bleus = iter([5.0, 9.0, 7.0, 8.0])              # epoch 2 is the best by BLEU, whatever the dev loss does
     trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=10, dev_bleu=True, best_metric="bleu",

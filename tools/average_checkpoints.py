@@ -8,6 +8,7 @@ The epoch checkpoints come from ``train.py --keep-last-epochs N``. The output tr
 checkpoint (``translate.py --checkpoint RUN/decoder/checkpoint_avg3.pt``); spec, vocabularies,
 config and the chosen length penalty are the newest input's (nmt.weights.checkpoint.average_checkpoints);
 stage-1 inputs average without their (frozen, shared) BERT and the output refers to it as they do.
+The output's weights are float32, also from float16 or bfloat16 inputs (``train.py --snapshot-dtype``).
 Exit status 2 with ``error: ...`` on bad input (a missing or corrupt file, another run's checkpoint).
 """
 from __future__ import annotations

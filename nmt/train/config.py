@@ -29,6 +29,7 @@ from nmt.errors import ConfigError
 from nmt.files import DEMO_PAIRS, data_dir, demo_name, training_run_dir
 from nmt.model.seq2seq import ARCHS, STAGES
 from nmt.train.schedule import PAPER_WARMUP_REFERENCE
+from nmt.weights.checkpoint import SNAPSHOT_DTYPES
 
 
 # Whether a setting may differ when a run is continued (--resume), declared with each field: what
@@ -87,6 +88,10 @@ class TrainConfig:
     keep_last_epochs: int = flag(0, "keep checkpoint_epochN.pt of the last N epochs (older ones are removed unless "
                                     "--epoch-checkpoints lists them), e.g. for tools/average_checkpoints.py; 0: none",
                                  MAY_CHANGE)
+    snapshot_dtype: str = flag("float32", "dtype of the weights in checkpoint_best.pt and checkpoint_epochN.pt: "
+                                          "float32 | float16 | bfloat16 (half the bytes, weights rounded to 11 or 8 "
+                                          "significant bits; read back as float32); checkpoint_last.pt stays float32",
+                               MAY_CHANGE)
     best_metric: str = flag("loss", "the dev score that picks checkpoint_best.pt and drives early stopping: loss "
                                     "(dev loss, lower is better) | bleu (greedy dev BLEU, higher; needs --dev-bleu)",
                             MUST_MATCH)
@@ -178,6 +183,9 @@ class TrainConfig:
             raise ConfigError(f"unknown --encoder-cache {self.encoder_cache!r}; expected auto, memory, disk or off")
         if self.cache_dtype not in ("float16", "float32"):
             raise ConfigError(f"unknown --cache-dtype {self.cache_dtype!r}; expected float16 or float32")
+        if self.snapshot_dtype not in SNAPSHOT_DTYPES:
+            raise ConfigError(f"unknown --snapshot-dtype {self.snapshot_dtype!r}; expected "
+                              f"{', '.join(SNAPSHOT_DTYPES)}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the stage and --overwrite starts it over: give one of them")
         if self.amp not in ("off", "bfloat16", "float16", "auto"):

@@ -198,17 +198,18 @@ class RunState:
 
     def settle_owed(self) -> None:
         """Do the end-of-epoch work checkpoint_last.pt records as owed: its snapshot (no optimizer
-        state, nmt/weights/checkpoint.py save_snapshot) to checkpoint_best.pt and checkpoint_epochN.pt,
-        the epoch's record (unless metrics.jsonl has it). Repeatable."""
+        state, weights in --snapshot-dtype; nmt/weights/checkpoint.py save_snapshot) to checkpoint_best.pt
+        and checkpoint_epochN.pt, the epoch's record (unless metrics.jsonl has it). Repeatable."""
         owed, self.owed = self.owed, {}
         if not owed or not self.master_process:
             return
         last = self.out_dir / "checkpoint_last.pt"
         if owed.get("best"):
-            save_snapshot(last, self.out_dir / "checkpoint_best.pt")
+            save_snapshot(last, self.out_dir / "checkpoint_best.pt", self.cfg.snapshot_dtype)
             fault_point("best-copied", self.epoch)
         if owed.get("epoch_checkpoint"):
-            save_snapshot(last, self.out_dir / f"checkpoint_epoch{owed['epoch_checkpoint']}.pt")
+            save_snapshot(last, self.out_dir / f"checkpoint_epoch{owed['epoch_checkpoint']}.pt",
+                          self.cfg.snapshot_dtype)
             self._prune_epoch_checkpoints()
         done = {(r.get("event"), r.get("epoch")) for r in self.logged_metrics()}
         for record in owed.get("metrics", []):

@@ -25,12 +25,17 @@ it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
                     another number continues at the same fraction of the epoch (nmt/train/run_state.py)
     decoding        optional, in checkpoint_best.pt: {"lenpen", ...}, the length penalty chosen on
                     the dev set after training (nmt/decode/lenpen_choice.py); absent: translate with 1.0
+    snapshot_dtype  optional, in snapshots only: "float16" | "bfloat16", the dtype their floating-point
+                    "model" tensors are stored in (train.py --snapshot-dtype); absent: float32, as
+                    checkpoint_last.pt always is. :func:`load_checkpoint` casts them back to float32
 
 A run directory holds one subdirectory per stage (``decoder/``, ``finetune/``, ``direct/``,
 ``scratch/``; nmt/files.py builds these paths), each with ``checkpoint_best.pt``,
 ``checkpoint_last.pt`` and ``metrics.jsonl``. Only ``checkpoint_last.pt`` is resumed from, so the
 snapshots taken from it (``checkpoint_best.pt``, ``checkpoint_epochN.pt``: :func:`save_snapshot`)
-leave out the optimizer's state (Adam's two moments: twice the trained weights) and the RNG.
+leave out the optimizer's state (Adam's two moments: twice the trained weights) and the RNG, and
+may store the weights in float16 or bfloat16 (``--snapshot-dtype``: half the bytes, the weights
+rounded to 11 or 8 significant bits); whatever reads them computes in float32.
 
 >>> import tempfile
 >>> path = Path(tempfile.mkdtemp()) / "checkpoint_last.pt"
@@ -59,6 +64,7 @@ REQUIRED_FOR_TRANSLATION = ("model_spec", "model", "source", "target")
 REQUIRED_FOR_RESUME = REQUIRED_FOR_TRANSLATION + ("stage", "config", "optimizer", "schedule", "step", "epoch",
                                                   "batch_in_epoch", "best_dev_loss", "bad_epochs", "rng")
 RESUME_ONLY = ("optimizer", "rng")      # kept in checkpoint_last.pt, left out of the snapshots taken from it
+SNAPSHOT_DTYPES = ("float32", "float16", "bfloat16")    # train.py --snapshot-dtype: the snapshots' weights
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -86,7 +92,9 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_T
     """Load and validate a checkpoint (weights_only: no code is executed). When ``required`` names
     "model" (and ``with_bert``), a stage-1 checkpoint gets its BERT's tensors back
     (:func:`attach_bert`: from ``bert``, else the path it records); otherwise it is as stored.
-    ``mmap``: the tensors memory-mapped, not read (a look at the config and counters costs next to nothing)."""
+    ``mmap``: the tensors memory-mapped, not read (a look at the config and counters costs next to nothing).
+    When ``required`` names "model", its floating-point tensors are float32 whatever the file stores
+    (:func:`float32_weights`: a --snapshot-dtype snapshot), so every reader computes in float32."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -106,7 +114,20 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_T
         raise CheckpointError(f"{path}: checkpoint lacks {missing} (a partial or foreign checkpoint)")
     if with_bert and "model" in required:
         attach_bert(state, path, bert)
+    if "model" in required:
+        state["model"] = float32_weights(state["model"])
     return state
+
+
+def float32_weights(model_state):
+    """``model_state`` with its floating-point tensors as float32 (a float16/bfloat16 snapshot's, and a
+    re-attached BERT's whatever its file holds): the one place a snapshot's weights are cast back at
+    load, so the network, averaging and export all see float32. Anything else is returned as is
+    (:func:`check_weights_fit` reports a state dict that is not one)."""
+    if not isinstance(model_state, dict):
+        return model_state
+    return {name: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for name, t in model_state.items()}
 
 
 ENCODER_PREFIX = "encoder."             # the BERT's tensors in a Seq2Seq state dict
@@ -165,13 +186,22 @@ def attach_bert(state: dict, path: str | Path, bert: str | Path | None = None) -
     return state
 
 
-def save_snapshot(last: str | Path, path: str | Path) -> None:
+def save_snapshot(last: str | Path, path: str | Path, dtype: str = "float32") -> None:
     """Write ``path`` (checkpoint_best.pt, checkpoint_epochN.pt) from ``last`` (checkpoint_last.pt)
     without RESUME_ONLY: what translating, --init, averaging and reading the counters need, at a third
-    of the size. As stored otherwise (a stage-1 checkpoint stays without its BERT); atomic, repeatable."""
+    of the size. ``dtype`` (--snapshot-dtype, :data:`SNAPSHOT_DTYPES`): float16 or bfloat16 stores the
+    floating-point weights rounded to it, half the bytes again, and records it as "snapshot_dtype";
+    ``last`` stays float32 so resuming is exact. As stored otherwise (a stage-1 checkpoint stays without
+    its BERT); atomic, repeatable."""
+    if dtype not in SNAPSHOT_DTYPES:
+        raise CheckpointError(f"snapshot dtype {dtype!r}: expected one of {', '.join(SNAPSHOT_DTYPES)}")
     state = load_checkpoint(last, required=(), mmap=True)
     for key in RESUME_ONLY:
         state.pop(key, None)
+    if dtype != "float32":
+        to = getattr(torch, dtype)
+        state["model"] = {name: t.to(to) if t.is_floating_point() else t for name, t in state["model"].items()}
+        state["snapshot_dtype"] = dtype
     save_checkpoint(path, state)
 
 
@@ -188,6 +218,8 @@ def average_checkpoints(paths: list[str | Path], bert: str | Path | None = None)
     last epochs' average usually translates a little better than any one of them). Everything
     else -- spec, text pipelines, config, chosen length penalty -- is the newest input's (highest
     step); optimizer state and resume bookkeeping are dropped, so the result is for translation.
+    The mean is taken in float64 over the inputs' weights as loaded (float32, also from float16 or
+    bfloat16 snapshots: :func:`float32_weights`) and stored in float32, whatever the inputs' dtype.
     Inputs with another network spec or other vocabularies are refused. Stage-1 checkpoints of one
     BERT (same sha256) average without it and the result refers to it too; otherwise each gets its
     BERT back first (``bert``: as for :func:`load_checkpoint`)."""
@@ -208,7 +240,7 @@ def average_checkpoints(paths: list[str | Path], bert: str | Path | None = None)
     for name, tensor in newest["model"].items():
         if tensor.is_floating_point():
             total = sum(state["model"][name].double() for _, state in states)
-            model[name] = (total / len(states)).to(tensor.dtype)
+            model[name] = (total / len(states)).float()
         else:                       # integer buffers (none in our models today) are taken as they are
             model[name] = tensor
     keep = ("format", "stage", "model_spec", "source", "target", "config", "decoding", "step", "epoch")
