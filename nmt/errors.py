@@ -52,6 +52,11 @@ class TranslateError(NmtError):
     """Bad input to translation: names the file (and line) and what to do."""
 
 
+class ExportError(NmtError):
+    """A model that cannot be written for another engine (CTranslate2): its package missing, a tensor
+    the export does not know, an output directory in the way."""
+
+
 class DistributedError(NmtError):
     """A bad torchrun environment (RANK without WORLD_SIZE, a rank outside the world, no GPU for a rank)."""
 

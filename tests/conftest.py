@@ -57,16 +57,18 @@ def mount_tmpfs(where: Path, size: str) -> bool:
         return False
 
 
-def save_tiny_bert(path: Path, layers: int = 1, positions: int = 128) -> Path:
-    """A tiny random BERT (width 32, 2 heads, FFN 64, seed 0) with the installed MiniLM's real
-    vocabulary, saved as a native file at ``path``: the encoder of the fast end-to-end tests."""
+def save_tiny_bert(path: Path, layers: int = 1, positions: int = 128, hidden: int = 32, heads: int = 2,
+                   intermediate: int = 64) -> Path:
+    """A tiny random BERT (by default width 32, 2 heads, FFN 64; seed 0) with the installed MiniLM's
+    real vocabulary, saved as a native file at ``path``: the encoder of the fast end-to-end tests
+    (``layers=6, hidden=384, heads=12, intermediate=1536``: the demo BERT's shape)."""
     import torch
     from nmt.model.bert import BertConfig, BertEncoder
     from nmt.text.wordpiece import WordPieceTokenizer, default_vocab_path
     from nmt.weights.pretrained import NativeBert, save_native
     vocab = WordPieceTokenizer.from_file(default_vocab_path()).vocab_tokens
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=positions)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=positions)
     save_native(NativeBert(config, BertEncoder(config).state_dict(), vocab, True, "tiny random BERT"), path)
     return path
