@@ -37,6 +37,7 @@ from nmt.decode.translator import (
     TranslationHypothesis,
     TranslationResult,
     check_search_options,
+    encode_source_lines,
     length_sorted_batches,
     search_width,
 )
@@ -106,20 +107,8 @@ class CTranslate2Translator:
 
     def encode_lines(self, lines: Sequence[str], name: str = "<input>",
                      warn: Callable[[str], None] = lambda msg: None, first_line: int = 1) -> list[list[int] | None]:
-        """Source ids per line, None for an empty one; overlong lines truncated with a warning (as
-        Translator.encode_lines)."""
-        out: list[list[int] | None] = []
-        for number, line in enumerate(lines, first_line):
-            if not line.strip():
-                out.append(None)
-                continue
-            ids = self.source.encode(line)
-            if len(ids) > self.max_source_len:
-                warn(f"{name}:{number}: {len(ids)} source tokens, more than the encoder's {self.max_source_len} "
-                     f"positions; truncated")
-                ids = self.source.encode(line, max_length=self.max_source_len)
-            out.append(ids)
-        return out
+        """Source ids per line (nmt/decode/translator.py encode_source_lines, as nmt's engine)."""
+        return encode_source_lines(self.source, lines, self.max_source_len, name, warn, first_line)
 
     def max_len(self, source_len: int, max_len_a: float, max_len_b: int) -> int:
         """nmt's limit for one sentence (nmt/decode/beam_search.py max_lengths): generated tokens before

@@ -154,20 +154,8 @@ class Translator:
 
     def encode_lines(self, lines: Sequence[str], name: str = "<input>",
                      warn: Callable[[str], None] = lambda msg: None, first_line: int = 1) -> list[list[int] | None]:
-        """Source ids per line; None for an empty line. Overlong lines are truncated with a warning
-        (naming the line by its number in the input, ``lines[0]`` being number ``first_line``)."""
-        limit, out = self.max_source_len, []
-        for number, line in enumerate(lines, first_line):
-            if not line.strip():
-                out.append(None)
-                continue
-            ids = self.source.encode(line)
-            if len(ids) > limit:
-                warn(f"{name}:{number}: {len(ids)} source tokens, more than the encoder's {limit} "
-                     f"positions; truncated")
-                ids = self.source.encode(line, max_length=limit)
-            out.append(ids)
-        return out
+        """Source ids per line (:func:`encode_source_lines`, up to :attr:`max_source_len`)."""
+        return encode_source_lines(self.source, lines, self.max_source_len, name, warn, first_line)
 
     def translate(self, lines: Sequence[str], *, beam: int | None = None, lenpen: float | None = None,
                   nbest: int = 1, batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
@@ -319,6 +307,24 @@ def teacher_forced_log_probs(model, src_ids: Tensor, src_mask: Tensor, targets: 
     flat = torch.cat(picked).double().cpu().tolist()
     ends = lengths.cumsum(0).tolist()
     return [flat[end - n:end] for end, n in zip(ends, lengths.tolist())]
+
+
+def encode_source_lines(source: SourcePipeline, lines: Sequence[str], limit: int, name: str = "<input>",
+                        warn: Callable[[str], None] = lambda msg: None, first_line: int = 1) -> list[list[int] | None]:
+    """Source ids per line; None for an empty line. Lines over ``limit`` tokens (the encoder's
+    positions) are truncated with a warning naming the line by its number in the input,
+    ``lines[0]`` being number ``first_line``. Shared by both engines (nmt's and CTranslate2's)."""
+    out: list[list[int] | None] = []
+    for number, line in enumerate(lines, first_line):
+        if not line.strip():
+            out.append(None)
+            continue
+        ids = source.encode(line)
+        if len(ids) > limit:
+            warn(f"{name}:{number}: {len(ids)} source tokens, more than the encoder's {limit} positions; truncated")
+            ids = source.encode(line, max_length=limit)
+        out.append(ids)
+    return out
 
 
 def search_width(beam: int | None, nbest: int, sampling: bool) -> int:
