@@ -103,6 +103,7 @@ def test_sigterm_and_sighup_mid_epoch_save_and_resume_finishes(work, tmp_path, s
 def test_stop_signals_outside_the_loop_raise_and_nohup_is_kept():
     """Entry points: SIGTERM and SIGHUP raise StopSignal (exit 128 + signum) as Ctrl-C raises
     KeyboardInterrupt; a SIGHUP ignored at start (nohup) stays ignored; the old handlers come back."""
+    hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)      # as a terminal starts it (the suite may run under nohup)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     previous = raise_on_stop_signals()
     try:
@@ -114,7 +115,7 @@ def test_stop_signals_outside_the_loop_raise_and_nohup_is_kept():
     finally:
         restore_signals(previous)
     assert {s: signal.getsignal(s) for s in before} == before
-    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)       # as nohup starts a process
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)             # as nohup starts a process
     try:
         previous = raise_on_stop_signals()
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.SIGHUP not in previous
