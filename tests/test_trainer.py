@@ -219,7 +219,7 @@ def test_metrics_add_up_after_a_resume(work, tmp_path):
         assert a["dev"]["loss"] == pytest.approx(b["dev"]["loss"], abs=1e-5)
 
 
-CHECKPOINT_KEYS = {"format", "stage", "model_spec", "model", "source", "target", "config", "optimizer", "schedule",
+CHECKPOINT_KEYS = {"format", "stage", "model_spec", "model", "source", "target", "config", "data_sha256", "optimizer", "schedule",
                    "step", "epoch", "batch_in_epoch", "best_dev_loss", "best_dev_bleu", "bad_epochs", "rng",
                    "world_size", "cpu_seconds", "owed", "epoch_totals", "epoch_seconds"}
 
@@ -271,6 +271,21 @@ def test_a_resumed_run_keeps_its_warmup_and_the_model_is_set_to_its_stage_once(w
     for changed in ({"warmup_steps": 4}, {"warmup_epochs": 1.0}):    # the schedule must stay the checkpoint's
         with pytest.raises(TrainingError, match="--warmup-"):
             setup(dataclasses.replace(cfg, resume=True, **changed), print_fn=quiet)
+
+
+def test_resume_with_the_data_moved(work, tmp_path):
+    cfg = make_cfg(work, tmp_path / "run", stage="direct", max_steps=2)
+    setup(cfg, print_fn=quiet).fit()
+    moved = Path(shutil.copytree(work["data"], tmp_path / "moved"))
+    # the same files under another path: resumed (the sha256 of its meta.json is the one recorded)
+    lines = []
+    trainer = setup(dataclasses.replace(cfg, data=str(moved), max_steps=3, resume=True), print_fn=lines.append)
+    assert trainer.step == 2 and any("--data: checkpoint" in line for line in lines)
+    assert trainer.fit() == "max_steps" and trainer.train_data.directory == moved
+    # other data (prepared with other BPE) under a new path: refused, as before
+    other = _prepare(tmp_path / "other", tmp_path / "raw_other", work["train_pairs"], work["dev_pairs"], bpe_merges=60)
+    with pytest.raises(TrainingError, match="--data: checkpoint"):
+        setup(dataclasses.replace(cfg, data=str(other), max_steps=4, resume=True), print_fn=quiet)
 
 
 def test_token_batching_holds_max_sentences_on_average(work, tmp_path):

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from nmt.data.binarized import ParallelData, read_meta
+from nmt.data.binarized import ParallelData, file_sha256, read_meta
 from nmt.data.prepare import prepare_demo
 from nmt.cpu.inference_linear import cpu_has_bf16
 from nmt.errors import NmtError, TrainingError
@@ -222,21 +222,30 @@ def continue_config(cfg: TrainConfig, given: Iterable[str], print_fn: Callable[[
 def check_resume(cfg: TrainConfig, path: Path, print_fn: Callable[[str], None]) -> None:
     """--resume continues the run the checkpoint ``path`` describes: a setting that must match and
     differs is a TrainingError listing each with both values; the others that differ are said in one
-    line. Stage 1's BERT may come from another path (a moved file) when its sha256 is the one the
-    checkpoint records. Nothing to check without the file (assemble_run says there is nothing to resume)."""
+    line. Stage 1's BERT and the prepared data may come from another path (moved) when their sha256 is
+    the one the checkpoint records. Nothing to check without the file (assemble_run says there is nothing
+    to resume)."""
     if not path.is_file():
         return
     header = checkpoint_header(path)
     must, may = resume_differences(header.get("config", {}), cfg)
-    moved = [d for d in must if d[0] == "bert" and header.get("bert_reference") and cfg.bert is not None]
-    if moved:       # stage 1 names its BERT by sha256: another path is fine when the file is the same
-        must, may = [d for d in must if d not in moved], may + moved    # (load_checkpoint checks the sha256)
+    moved = [d for d in must if (d[0] == "bert" and header.get("bert_reference") and cfg.bert is not None)
+             or (d[0] == "data" and same_data(header.get("data_sha256"), cfg.data))]
+    if moved:       # stage 1 names its BERT by sha256 (load_checkpoint checks it), every run its data: another
+        must, may = [d for d in must if d not in moved], may + moved     # path is fine for the same files
     if must:
         raise TrainingError(f"{path}: --resume with settings that must stay as the run started: "
                             f"{describe_differences(must)}; drop those flags (the checkpoint's values apply), "
                             f"or start the stage over with --overwrite")
     if may:
         print_fn(f"--resume with changed settings: {describe_differences(may)}")
+
+
+def same_data(recorded: str | None, data: str | None) -> bool:
+    """Whether the data directory ``data`` is the one a checkpoint recorded by the sha256 of its
+    meta.json (``data_sha256``; absent in checkpoints written before it was recorded)."""
+    meta = Path(data) / "meta.json" if data is not None else None
+    return bool(recorded) and meta is not None and meta.is_file() and file_sha256(meta) == recorded
 
 
 def init_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:

@@ -35,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 
+from nmt.data.binarized import file_sha256
 from nmt.decode.lenpen_choice import parse_grid
 from nmt.errors import StopSignal, restore_signals, signal_name
 from nmt.files import atomic_write, fault_point
@@ -298,6 +299,14 @@ class RunState:
 
     # -- the state in checkpoint_last.pt
     _bert_reference: dict | None = None     # stage 1: the frozen BERT's path and sha256 (hashed once per run)
+    _data_sha256: str | None = None         # the training data's meta.json, hashed once per run
+
+    def data_sha256(self) -> str:
+        """sha256 of the training data's meta.json, which holds every data file's sha256: it names the
+        data, so --resume can accept a moved data directory (nmt/train/assemble.py check_resume)."""
+        if self._data_sha256 is None:
+            self._data_sha256 = file_sha256(Path(self.train_data.directory) / "meta.json")
+        return self._data_sha256
 
     def frozen_bert(self) -> dict | None:
         """Stage 1 (BERT frozen): what its checkpoints record of the BERT instead of its weights -- the
@@ -319,7 +328,8 @@ class RunState:
             model, extra["bert_reference"] = without_bert(model, reference)
         return {"format": FORMAT, "stage": self.cfg.stage, "model_spec": self.spec.to_dict(), **extra,
                 "model": model, "source": self.source.to_dict(), "target": self.target.to_dict(),
-                "config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": self.cfg.to_dict(), "data_sha256": self.data_sha256(),
+                "optimizer": self.optimizer.state_dict(),
                 "schedule": {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps},
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "best_dev_loss": self.best_dev_loss, "best_dev_bleu": self.best_dev_bleu,
