@@ -34,9 +34,10 @@ EOS): the score the beam search gives that translation as a hypothesis. An empty
 0 (its translation must be empty too); an empty translation of a real line is scored as EOS
 alone; one longer than the decoder's positions is an error (long sources are truncated as
 above). The two files must have the same number of lines; the options that choose translations
-(``--beam``, ``--nbest``, ``--sampling``, ...) are refused. With ``--nbest`` it reranks: write an n-best list, then score its hypotheses with
-another model or length penalty (a target-to-source model: the two files swapped), each source
-line repeated for each of its hypotheses by the n-best list's first field::
+(``--beam``, ``--nbest``, ``--sampling``, ...) are refused. With ``--nbest`` it reranks: write an
+n-best list, then score its hypotheses with another model or length penalty (a target-to-source
+model: the two files swapped), each source line repeated for each of its hypotheses by the n-best
+list's first field::
 
     python translate.py --input test.en --nbest 5 --output nbest.txt
     awk -F ' [|][|][|] ' '{print $2}' nbest.txt > hyps.de
