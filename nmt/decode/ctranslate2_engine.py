@@ -31,7 +31,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from nmt.decode.beam_search import max_lengths
 from nmt.decode.ctranslate2_export import import_ctranslate2, read_pipelines_file
+from nmt.decode.length_penalty import length_normalized
 from nmt.decode.translator import (
     EMPTY,
     TranslationHypothesis,
@@ -110,11 +112,6 @@ class CTranslate2Translator:
         """Source ids per line (nmt/decode/translator.py encode_source_lines, as nmt's engine)."""
         return encode_source_lines(self.source, lines, self.max_source_len, name, warn, first_line)
 
-    def max_len(self, source_len: int, max_len_a: float, max_len_b: int) -> int:
-        """nmt's limit for one sentence (nmt/decode/beam_search.py max_lengths): generated tokens before
-        the EOS."""
-        return max(1, min(math.floor(max_len_a * source_len + max_len_b), self.max_target_positions - 1))
-
     def translate(self, lines: Sequence[str], *, beam: int | None = None, lenpen: float | None = None,
                   nbest: int = 1, batch_size: int = 64, max_tokens: int | None = 4000, max_len_a: float = 1.2,
                   max_len_b: int = 10, no_repeat_ngram_size: int = 0, sampling: bool = False,
@@ -137,9 +134,12 @@ class CTranslate2Translator:
         encoded = self.encode_lines(lines, name, warn, first_line)
         results: list[TranslationResult] = [EMPTY for _ in lines]
         for batch in length_sorted_batches(encoded, batch_size, max_tokens):
+            lengths = torch.tensor([len(encoded[i]) for i in batch])                        # [B]
+            mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]              # [B,S]
+            limits = max_lengths(mask, max_len_a, max_len_b, self.max_target_positions - 1)  # nmt's rule
             groups: dict[int, list[int]] = {}
-            for i in batch:                     # one CTranslate2 call per length limit
-                groups.setdefault(self.max_len(len(encoded[i]), max_len_a, max_len_b), []).append(i)
+            for i, limit in zip(batch, limits.tolist()):    # one CTranslate2 call per length limit
+                groups.setdefault(limit, []).append(i)
             for limit, rows in groups.items():
                 sources = [[self.source_tokens[t] for t in encoded[i]] for i in rows]
                 try:
@@ -196,10 +196,10 @@ class CTranslate2Translator:
                                              [[] for _ in sources] + [out[b][k][0] for b, k in cut], max_input_length=0)
         for b, result in enumerate(scored[:len(sources)]):
             first = -math.log1p(-min(math.exp(result.log_probs[0]), 1 - 1e-7))   # CTranslate2's addition
-            out[b] = [(h, s - first / len(h) ** lenpen) for h, s in out[b]]
+            out[b] = [(h, s - length_normalized(first, len(h), lenpen)) for h, s in out[b]]
         for (b, k), result in zip(cut, scored[len(sources):]):
             tokens = out[b][k][0]
-            out[b][k] = (tokens + [eos], sum(result.log_probs) / (len(tokens) + 1) ** lenpen)
+            out[b][k] = (tokens + [eos], length_normalized(sum(result.log_probs), len(tokens) + 1, lenpen))
         return [sorted(hyps, key=lambda item: -item[1]) for hyps in out]
 
     def decode(self, tokens: list[str]) -> str:

@@ -121,15 +121,20 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_FOR_T
     return state
 
 
+def floating_weights_as(model_state, dtype: torch.dtype):
+    """``model_state`` with its floating-point tensors in ``dtype``, everything else as is (a value
+    that is not a state dict too: :func:`check_weights_fit` reports it)."""
+    if not isinstance(model_state, dict):
+        return model_state
+    return {name: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for name, t in model_state.items()}
+
+
 def float32_weights(model_state):
     """``model_state`` with its floating-point tensors as float32 (a float16/bfloat16 snapshot's, and a
     re-attached BERT's whatever its file holds): the one place a snapshot's weights are cast back at
-    load, so the network, averaging and export all see float32. Anything else is returned as is
-    (:func:`check_weights_fit` reports a state dict that is not one)."""
-    if not isinstance(model_state, dict):
-        return model_state
-    return {name: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-            for name, t in model_state.items()}
+    load, so the network, averaging and export all see float32."""
+    return floating_weights_as(model_state, torch.float32)
 
 
 ENCODER_PREFIX = "encoder."             # the BERT's tensors in a Seq2Seq state dict
@@ -201,8 +206,7 @@ def save_snapshot(last: str | Path, path: str | Path, dtype: str = "float32") ->
     for key in RESUME_ONLY:
         state.pop(key, None)
     if dtype != "float32":
-        to = getattr(torch, dtype)
-        state["model"] = {name: t.to(to) if t.is_floating_point() else t for name, t in state["model"].items()}
+        state["model"] = floating_weights_as(state["model"], getattr(torch, dtype))
         state["snapshot_dtype"] = dtype
     save_checkpoint(path, state)
 
