@@ -41,7 +41,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from nmt.errors import NmtError
 
@@ -190,12 +190,15 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, what: str, error: type[NmtError] = NmtError) -> Iterator[None]:
+def exclusive_lock(path: str | Path, what: str, error: type[NmtError] = NmtError,
+                   wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the lock file ``path`` (``fcntl.flock``, exclusive) for the block: one writer per run
     stage or data directory. The OS releases it when the holder exits or is killed, so a kill -9
     leaves nothing to clean up (its file, if left, is taken over). The holder's PID is written into
     the file; a second writer gets ``error`` naming that PID (``what``: the directory the lock
-    guards). Readers take no lock. The file is removed when the block ends.
+    guards), or, with ``wait``, is told (``wait(PID)``) and blocks until the holder is done: for a
+    writer that can use the holder's result (a data preparation reused by parallel runs). Readers
+    take no lock. The file is removed when the block ends.
 
     >>> import tempfile
     >>> lock = Path(tempfile.mkdtemp()) / ".lock"
@@ -211,15 +214,25 @@ def exclusive_lock(path: str | Path, what: str, error: type[NmtError] = NmtError
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise error(f"{what} is being written by another process (PID {holder}, holding {path}): wait for it "
-                        f"to end or stop it; two writers would mix their files") from None
+            if wait is None:
+                os.close(fd)
+                raise error(f"{what} is being written by another process (PID {holder}, holding {path}): wait for it "
+                            f"to end or stop it; two writers would mix their files") from None
+            if not told:
+                wait(holder)
+                told = True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)          # until the holder ends (Ctrl-C interrupts the wait)
+            except BaseException:
+                os.close(fd)
+                raise
         try:
             mine = os.stat(path)
         except FileNotFoundError:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +152,36 @@ def test_data_preparation_has_one_writer(tmp_path, capsys):
         assert prepare(out, reuse=True, **kwargs)["splits"]["train"]["pairs"] == 2      # reused: no lock needed
         with pytest.raises(DataError, match=f"PID {os.getpid()}"):
             prepare(out, **kwargs)                                                    # a new one is refused
+
+
+def test_parallel_runs_wait_for_one_data_preparation(tmp_path):
+    """Runs started together on data not yet prepared (a grid's runs, train.py's demo cache: reuse=True):
+    one prepares, the others say whom they wait for, wait, and use its result instead of failing."""
+    from nmt.data.prepare import prepare
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.en").write_text("a cat .\nthe dog .\n", encoding="utf-8")
+    (raw / "train.de").write_text("eine Katze .\nder Hund .\n", encoding="utf-8")
+    out = tmp_path / "data"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from nmt.files import exclusive_lock\n"
+                               "with exclusive_lock(sys.argv[1], 'x'):\n print('held', flush=True); sys.stdin.readline()",
+                               str(tmp_path / ".data.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    said = []
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        release = threading.Timer(1.0, lambda: (holder.stdin.write("\n"), holder.stdin.flush()))
+        release.start()
+        meta = prepare(out, train_prefix=raw / "train", src="en", tgt="de", target_mode="tokenized", source_bpe=True,
+                       bpe_merges=10, reuse=True, print_fn=said.append)
+        release.join()
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
+    assert said[0] == f"{out} is being prepared by another process (PID {holder.pid}): waiting for it, then using its result"
+    assert meta["splits"]["train"]["pairs"] == 2 and not (tmp_path / ".data.lock").exists()
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:

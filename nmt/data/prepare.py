@@ -196,8 +196,10 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
     Splits are named "train", "valid" and "test", "test1", ... in the order of test_prefixes.
     With ``reuse=True`` an existing ``out`` prepared from the same inputs and settings is returned
     as is (train.py uses this for its cached demo data). ``lowercase``: --uncased (True) / --cased
-    (False); None: as the BERT says. One preparation of ``out`` at a time: a second one while the
-    first writes is a DataError naming its PID (the lock ``.OUT.lock`` beside it, nmt.files.exclusive_lock).
+    (False); None: as the BERT says. One preparation of ``out`` at a time (the lock ``.OUT.lock``
+    beside it, nmt.files.exclusive_lock): while another process writes it, a new preparation is a
+    DataError naming its PID, and a ``reuse=True`` one waits for it and then uses its result (runs
+    started in parallel on the same data, e.g. a grid).
     ``pipelines_from``: a trained model (checkpoint file or run directory) whose source and target
     pipelines encode the data instead of new ones (continuing that model on new data: train.py
     --init); ``bert``, ``lowercase``, ``source_bpe`` and the BPE settings are then not used, and
@@ -248,7 +250,9 @@ def prepare(out: str | Path, *, train_prefix: str | Path, src: str, tgt: str, ta
     if reuse and (meta := reusable(out, settings, print_fn)) is not None:
         return meta
     out.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out.parent / f".{out.name}.lock", str(out), error=DataError):   # one writer of out
+    waiting = (lambda pid: print_fn(f"{out} is being prepared by another process (PID {pid}): waiting for it, "
+                                    f"then using its result")) if reuse else None
+    with exclusive_lock(out.parent / f".{out.name}.lock", str(out), error=DataError, wait=waiting):  # one writer
         if reuse and (meta := reusable(out, settings, print_fn)) is not None:      # by a process just ended
             return meta
         return _prepare_locked(out, files, settings, target_mode=target_mode, bpe_merges=bpe_merges,
