@@ -88,8 +88,10 @@ def error_line(e: BaseException) -> str:
 
 class StopSignal(KeyboardInterrupt):
     """Stop at once: SIGTERM or SIGHUP outside the training loop (:func:`raise_on_stop_signals`, as Ctrl-C
-    raises KeyboardInterrupt), or a second Ctrl-C inside it. A KeyboardInterrupt, so no ``except
-    Exception`` swallows it and every ``finally`` runs (atomic_write removes its temporary file)."""
+    raises KeyboardInterrupt), a second Ctrl-C inside it, or a run the loop saved and stopped on a
+    signal (tools/run_experiments.py stops its study with it). A KeyboardInterrupt, so no ``except
+    Exception`` swallows it and every ``finally`` runs (atomic_write removes its temporary file);
+    ``signum`` gives the exit status, 128 + it."""
 
     def __init__(self, signum: int):
         super().__init__(signal_name(signum))

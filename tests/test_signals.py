@@ -203,19 +203,24 @@ def test_run_experiments_exits_with_the_signal_status(work, tmp_path, capsys, mo
     outside training (e.g. while decoding) exits 143 at once."""
     sys.path.insert(0, str(REPO / "tools"))
     import run_experiments
+    from nmt.train import trainer as trainer_module
 
-    class Training:                                  # what run_experiments.train does with the trainer
+    def signalled_setup(*args, **kwargs):           # the trainer run_experiments.train sets up, SIGTERMed in update 2
+        trainer = setup(*args, **kwargs)
+        step = trainer.train_step
+
+        def signalled_step(batch):
+            if trainer.step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(batch)
+        trainer.train_step = signalled_step
+        return trainer
+    monkeypatch.setattr(trainer_module, "setup", signalled_setup)
+
+    class Training:                                  # a study of one run: the study's train()
         def run(self):
-            trainer = setup(make_cfg(work, tmp_path / "exp", stage="decoder", max_epochs=1), print_fn=quiet)
-            step = trainer.train_step
-
-            def signalled_step(batch):
-                if trainer.step == 1:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return step(batch)
-            trainer.train_step = signalled_step
-            if trainer.fit() == "interrupted":
-                raise KeyboardInterrupt
+            cfg = make_cfg(work, tmp_path / "exp", stage="decoder", max_epochs=1)
+            run_experiments.train(cfg, tmp_path / "exp", quiet)
 
     class Decoding:
         def run(self):

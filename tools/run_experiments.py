@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nmt.errors import DivergedError, NmtError, error_line
+from nmt.errors import DivergedError, NmtError, StopSignal, error_line
 from nmt.files import DEMO_PAIRS, atomic_copy, atomic_write, demo_name, experiment_dir
 from nmt.metrics import SIGNIFICANCE_TESTS
 from nmt.model.seq2seq import ARCHS
@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         with stage_lock(cfg):
             trainer = setup(cfg, print_fn=print_fn)
             why = trainer.fit()
-        record = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step}
+        record = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step, "signal": trainer.stop_signal}
     except DivergedError as e:                  # a result of the study, not an input error
         record = {"stop": "diverged", "error": str(e)}
     finally:
@@ -259,8 +259,9 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         seconds_path.write_text(f"{before + time.time() - t0:.1f}")
         trainer = None
         gc.collect()
+    signum = record.pop("signal", None)
     if record["stop"] == "interrupted":
-        raise KeyboardInterrupt
+        raise StopSignal(signum)            # the exit status names it: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     epochs = epoch_records(stage_out)
     improved = [r for r in epochs if r.get("improved")]
     record.update(seconds=round(before + time.time() - t0, 1), best_epoch=improved[-1]["epoch"] if improved else None,

@@ -54,13 +54,12 @@ from nmt.weights.checkpoint import (
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)    # saved like Ctrl-C; ranks agree in this order
-_last_stop: list[int | None] = [None]   # the signal that stopped the last training loop (signals are per process)
 
 
 def stop_status(e: BaseException | None = None) -> int:
-    """The exit status of a stop: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), from a
-    StopSignal, else from the signal that stopped the last training loop (Ctrl-C if none did)."""
-    return 128 + (getattr(e, "signum", None) or _last_stop[0] or signal.SIGINT)
+    """The exit status of a stop: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) a StopSignal
+    carries; Ctrl-C for a plain KeyboardInterrupt."""
+    return 128 + (getattr(e, "signum", None) or signal.SIGINT)
 
 
 class RunState:
@@ -245,7 +244,6 @@ class RunState:
         """Finish the current update, save checkpoint_last.pt and return "interrupted" from fit();
         ``signum``: the signal asking (the exit status is 128 + it)."""
         self._stop_requested, self.stop_signal = True, signum
-        _last_stop[0] = signum
 
     @contextlib.contextmanager
     def stop_signals_save(self):
@@ -256,7 +254,6 @@ class RunState:
         A SIGTERM or SIGHUP ignored when the process started (nohup) stays ignored. A signal the loop had
         no update left to act on (it came as the last epoch ended) raises StopSignal at the end: the
         epoch is saved, and --resume does what is left (the length-penalty choice)."""
-        _last_stop[0] = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
