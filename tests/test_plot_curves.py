@@ -137,3 +137,36 @@ def test_bad_inputs(tmp_path, capsys):
         write_metrics(tmp_path / run / "decoder" / "metrics.jsonl", [start("decoder"), epoch(1, 5.0)])
     assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2      # two inputs: --out is needed
     assert "give --out" in capsys.readouterr().err
+
+
+def test_table_records_a_recipe_search(tmp_path, capsys):
+    """--table: a grid of one experiment directory per setting, as docs/experiments.md runs it. Per
+    epoch each run's dev and train PPL (best epoch by dev loss in bold), then the bests and the choice;
+    --epochs ranks on the first N epochs only: here the run that wins later loses on epochs 1-2."""
+    def grid_run(setting: str, losses: list[float]) -> Path:
+        records = [start("scratch")]
+        for n, loss in enumerate(losses, 1):
+            r = epoch(n, loss)
+            r["dev"]["ppl"], r["train"]["ppl"] = round(2.0 ** loss, 2), 100.0 + n
+            records.append(r)
+        write_metrics(tmp_path / f"dropout{setting}" / "control" / "scratch" / "metrics.jsonl", records)
+        return tmp_path / f"dropout{setting}"
+
+    a, b = grid_run("0.1", [9.0, 8.0, 5.0]), grid_run("0.3", [8.5, 7.0])
+    assert main([str(a), str(b), "--table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == [
+        "| epoch | dropout0.1/control: dev PPL | train PPL | dropout0.3/control: dev PPL | train PPL |",
+        "|---:|---:|---:|---:|---:|",
+        "| 1 | 512.00 | 101.00 | 362.04 | 101.00 |",
+        "| 2 | 256.00 | 102.00 | **128.00** | 102.00 |",
+        "| 3 | **32.00** | 103.00 |  |  |"]
+    assert lines[6:] == ["dropout0.1/control: best epoch 3 of 3, dev loss 5.000, dev PPL 32.00",
+                         "dropout0.3/control: best epoch 2 of 2, dev loss 7.000, dev PPL 128.00",
+                         "lowest best dev loss over the epochs trained: dropout0.1/control"]
+    assert main([str(a), str(b), "--table", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| 3 |" not in out and "dropout0.1/control: best epoch 2 of 2, dev loss 8.000" in out
+    assert out.endswith("lowest best dev loss in epochs 1-2: dropout0.3/control\n")
+    assert main([str(a), "--epochs", "2"]) == 2
+    assert capsys.readouterr().err == "error: --epochs N goes with --table, N >= 1\n"

@@ -10,6 +10,13 @@ train.py run directories (``RUN/decoder/metrics.jsonl`` and ``RUN/finetune/metri
 labelled by the stage directory) or metrics.jsonl files and stage directories (labelled
 ``RUN/STAGE``). Labels that would clash get their parent directory's name in front.
 
+``--table`` prints the curves as a Markdown table instead (dev and train perplexity per epoch),
+then each run's best epoch by dev loss and the run with the lowest: the record of a recipe chosen on
+the dev set, e.g. a grid of one ``--out`` per setting (docs/experiments.md); ``--epochs N`` ranks
+the runs on their first N epochs, so that runs trained for longer are compared on equal terms:
+
+    python tools/plot_curves.py grid/dropout0.1 grid/dropout0.2 grid/dropout0.3 --table --epochs 8
+
 Each curve is read from the trainer's ``epoch`` records (a resumed run repeats epochs: the last
 record of an epoch wins). The left panel is the dev loss (label-smoothed, nats per target token),
 the right one the dev BLEU that newer runs log after each epoch (``dev_bleu``). A fine-tuning run
@@ -21,6 +28,7 @@ Bad input: ``error: ...`` on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -56,6 +64,8 @@ class Curve:
     epochs: list[int]
     dev_loss: list[float]
     dev_bleu: list[float | None]       # None where that epoch logged no BLEU
+    dev_ppl: list[float | None]        # dev perplexity (of the NLL, not the smoothed loss), per epoch
+    train_ppl: list[float | None]      # the epoch's training perplexity
     bleu_search: str | None = None     # e.g. "greedy", "beam 4" (the last one logged)
     offset: int = 0                    # stage 2: the stage-1 epoch it continues from
     offset_from: str = ""              # how the offset was found, for the legend
@@ -129,6 +139,12 @@ def as_number(path: Path, line: int, value, what: str) -> float:
         raise CurveError(f"{path}:{line}: {what} is not a number: {value!r}") from None
 
 
+def optional_number(path: Path, line: int, record: dict, part: str) -> float | None:
+    """``record[part]["ppl"]`` as a number, None when the record has none."""
+    value = (record.get(part) or {}).get("ppl")
+    return None if value is None else as_number(path, line, value, f"{part} ppl")
+
+
 def read_curve(path: Path, name: str) -> Curve:
     """One run's curve. The first start record says what the run is (a resumed run appends another
     start record; the last record of each epoch wins)."""
@@ -151,6 +167,8 @@ def read_curve(path: Path, name: str) -> Curve:
                  dev_loss=[as_number(path, n, (r.get("dev") or {}).get("loss"), "dev loss") for n, r in rows],
                  dev_bleu=[None if r.get("dev_bleu") is None else as_number(path, n, r["dev_bleu"], "dev_bleu")
                            for n, r in rows],
+                 dev_ppl=[optional_number(path, n, r, "dev") for n, r in rows],
+                 train_ppl=[optional_number(path, n, r, "train") for n, r in rows],
                  bleu_search=searches[-1] if searches else None)
 
 
@@ -272,6 +290,46 @@ def describe(curve: Curve) -> str:
     return line + (f", last dev BLEU {bleus[-1]:.2f}" if bleus else "")
 
 
+def truncated(curve: Curve, epochs: int | None) -> Curve:
+    """The curve's first ``epochs`` epochs (all of them for None)."""
+    if epochs is None:
+        return curve
+    keep = sum(1 for e in curve.epochs if e <= epochs)
+    if keep == 0:
+        raise CurveError(f"{curve.path}: no epoch among the first {epochs}")
+    return dataclasses.replace(curve, epochs=curve.epochs[:keep], dev_loss=curve.dev_loss[:keep],
+                               dev_bleu=curve.dev_bleu[:keep], dev_ppl=curve.dev_ppl[:keep],
+                               train_ppl=curve.train_ppl[:keep])
+
+
+def markdown_table(curves: dict[str, Curve], epochs: int | None = None) -> str:
+    """Per epoch, each run's dev and train perplexity (the best epoch by dev loss in bold), then each
+    run's best and the run with the lowest best dev loss: the choice a recipe search records. With
+    ``epochs``, only the first that many epochs are shown and ranked."""
+    runs = {name: truncated(curve, epochs) for name, curve in curves.items()}
+    cell = lambda v: "" if v is None else f"{v:,.2f}"           # noqa: E731
+    lines = ["| epoch | " + " | ".join(f"{name}: dev PPL | train PPL" for name in runs) + " |",
+             "|---:|" + "---:|---:|" * len(runs)]
+    for epoch in sorted({e for c in runs.values() for e in c.epochs}):
+        row = []
+        for c in runs.values():
+            i = c.epochs.index(epoch) if epoch in c.epochs else None
+            dev = None if i is None else cell(c.dev_ppl[i])
+            row += [f"**{dev}**" if i is not None and epoch == c.best_epoch and dev else dev or "",
+                    "" if i is None else cell(c.train_ppl[i])]
+        lines.append(f"| {epoch} | " + " | ".join(row) + " |")
+    lines.append("")
+    best = {}
+    for name, c in runs.items():
+        i = c.epochs.index(c.best_epoch)
+        best[name] = c.dev_loss[i]
+        lines.append(f"{name}: best epoch {c.best_epoch} of {c.epochs[-1]}, dev loss {c.dev_loss[i]:.3f}, "
+                     f"dev PPL {cell(c.dev_ppl[i]) or '?'}")
+    span = f"in epochs 1-{epochs}" if epochs is not None else "over the epochs trained"
+    lines.append(f"lowest best dev loss {span}: {min(best, key=best.get)}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,13 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, metavar="PNG",
                         help=f"the image to write (default: PATH/{DEFAULT_NAME} for a single directory)")
     parser.add_argument("--title", help="a title above both panels")
+    parser.add_argument("--table", action="store_true",
+                        help="print a Markdown table of dev and train perplexity per epoch and each run's best, "
+                             "instead of drawing (no matplotlib needed)")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="--table: only the first N epochs, shown and ranked (runs trained longer compared "
+                             "on equal terms)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.epochs is not None and (not args.table or args.epochs < 1):
+            raise CurveError("--epochs N goes with --table, N >= 1")
         curves = read_curves(args.paths)
+        if args.table:
+            print(markdown_table(curves, args.epochs))
+            return 0
         out = args.out
         if out is None:
             if len(args.paths) != 1 or not args.paths[0].is_dir():
