@@ -170,6 +170,43 @@ def test_resume_continues_exactly(work, tmp_path):
     assert epoch["dev"]["ppl"] == pytest.approx(2.718281828 ** epoch["dev"]["nll"], rel=1e-6)
 
 
+class HardKill(BaseException):
+    """A kill no handler sees (SIGKILL, the out-of-memory killer): nothing is saved on the way out."""
+
+
+def test_save_interval_updates_bounds_what_a_hard_kill_costs(work, tmp_path):
+    """--save-interval-updates 3: a run killed hard after update 8 (epoch 2, 5 updates an epoch) left
+    checkpoint_last.pt at update 6, mid-epoch; the resume from there trains on to the same model as a
+    run never killed. Without the option the same kill leaves the epoch-end checkpoint (update 5)."""
+    n = 12
+    straight = setup(make_cfg(work, tmp_path / "a", stage="direct", max_steps=n, encoder_dropout=0.1), print_fn=quiet)
+    straight.fit()
+    for name, interval, left in (("b", 3, 6), ("c", 0, 5)):
+        killed = setup(make_cfg(work, tmp_path / name, stage="direct", max_steps=n, encoder_dropout=0.1,
+                                save_interval_updates=interval), print_fn=quiet)
+        step = killed.train_step
+
+        def dies_in_update_9(batch, trainer=killed, step=step):
+            if trainer.step == 8:
+                raise HardKill
+            return step(batch)
+        killed.train_step = dies_in_update_9
+        with pytest.raises(HardKill):
+            killed.fit()
+        ckpt = torch.load(tmp_path / name / "direct" / "checkpoint_last.pt", weights_only=True)
+        assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (left, 1, left - 5)
+    del killed
+    resumed = setup(make_cfg(work, tmp_path / "b", stage="direct", max_steps=n, encoder_dropout=0.1,
+                             save_interval_updates=3, resume=True), print_fn=quiet)
+    assert resumed.step == 6
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="--save-interval-updates must be >= 0"):
+        make_cfg(work, tmp_path / "d", save_interval_updates=-1).validate()
+
+
 def test_checkpoint_is_self_contained_and_best_is_written(work, tmp_path):
     trainer = setup(make_cfg(work, tmp_path, stage="decoder", max_epochs=1), print_fn=quiet)
     assert trainer.fit() == "max_epochs"

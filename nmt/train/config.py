@@ -85,6 +85,10 @@ class TrainConfig:
     epoch_checkpoints: str | None = flag(None, 'also keep checkpoint_epochN.pt after these epochs, e.g. "1,3" '
                                                "(fine-tuning after N epochs of stage 1, the paper's Table 4)",
                                          MAY_CHANGE)
+    save_interval_updates: int = flag(0, "also save checkpoint_last.pt every N updates inside an epoch (fairseq's "
+                                         "--save-interval-updates), so a kill no process can catch (SIGKILL, the "
+                                         "out-of-memory killer, a lost node) costs at most N updates, not the epoch; "
+                                         "0: only at the end of an epoch and on a stop signal", MAY_CHANGE)
     keep_last_epochs: int = flag(0, "keep checkpoint_epochN.pt of the last N epochs (older ones are removed unless "
                                     "--epoch-checkpoints lists them), e.g. for tools/average_checkpoints.py; 0: none",
                                  MAY_CHANGE)
@@ -194,6 +198,8 @@ class TrainConfig:
                     "decoder_layers": self.decoder_layers, "update_freq": self.update_freq}
         if self.keep_last_epochs < 0:
             raise ConfigError(f"--keep-last-epochs must be >= 0, got {self.keep_last_epochs}")
+        if self.save_interval_updates < 0:
+            raise ConfigError(f"--save-interval-updates must be >= 0 (0: off), got {self.save_interval_updates}")
         if self.reset_optimizer and self.stage != "finetune":
             raise ConfigError(f"--reset-optimizer goes with --stage finetune --init MODEL, not --stage {self.stage}")
         if self.best_metric not in ("loss", "bleu"):

@@ -221,6 +221,9 @@ class Trainer(RunState):
             if stop or (cfg.max_steps is not None and self.step >= cfg.max_steps):
                 bar.close()
                 return self.save_stopped("interrupted" if stop else "max_steps")
+            if (cfg.save_interval_updates and self.step % cfg.save_interval_updates == 0
+                    and self.batch_in_epoch < len(batches)):      # the epoch's end saves anyway
+                self.save("checkpoint_last.pt")     # with the epoch's partial sums, as a stop signal's save
         bar.close()
         return None
 
