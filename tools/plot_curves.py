@@ -139,7 +139,7 @@ def as_number(path: Path, line: int, value, what: str) -> float:
         raise CurveError(f"{path}:{line}: {what} is not a number: {value!r}") from None
 
 
-def optional_number(path: Path, line: int, record: dict, part: str) -> float | None:
+def perplexity_of(path: Path, line: int, record: dict, part: str) -> float | None:
     """``record[part]["ppl"]`` as a number, None when the record has none."""
     value = (record.get(part) or {}).get("ppl")
     return None if value is None else as_number(path, line, value, f"{part} ppl")
@@ -167,8 +167,8 @@ def read_curve(path: Path, name: str) -> Curve:
                  dev_loss=[as_number(path, n, (r.get("dev") or {}).get("loss"), "dev loss") for n, r in rows],
                  dev_bleu=[None if r.get("dev_bleu") is None else as_number(path, n, r["dev_bleu"], "dev_bleu")
                            for n, r in rows],
-                 dev_ppl=[optional_number(path, n, r, "dev") for n, r in rows],
-                 train_ppl=[optional_number(path, n, r, "train") for n, r in rows],
+                 dev_ppl=[perplexity_of(path, n, r, "dev") for n, r in rows],
+                 train_ppl=[perplexity_of(path, n, r, "train") for n, r in rows],
                  bleu_search=searches[-1] if searches else None)
 
 
