@@ -319,6 +319,15 @@ def test_resume_with_the_data_moved(work, tmp_path):
     trainer = setup(dataclasses.replace(cfg, data=str(moved), max_steps=3, resume=True), print_fn=lines.append)
     assert trainer.step == 2 and any("--data: checkpoint" in line for line in lines)
     assert trainer.fit() == "max_steps" and trainer.train_data.directory == moved
+    # the same data prepared again from the corpus at another path (a re-cloned checkout's demo cache):
+    # meta.json names other input paths and times, the files are the same: resumed
+    again = Path(shutil.copytree(work["data"], tmp_path / "again"))
+    meta = json.loads((again / "meta.json").read_text(encoding="utf-8"))
+    meta["settings"]["inputs"] = {split: [["/elsewhere/" + Path(p).name, size, 1] for p, size, _ in files]
+                                  for split, files in meta["settings"]["inputs"].items()}
+    (again / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    trainer = setup(dataclasses.replace(cfg, data=str(again), max_steps=4, resume=True), print_fn=quiet)
+    assert trainer.step == 3 and trainer.fit() == "max_steps"
     # other data (prepared with other BPE) under a new path: refused, as before
     other = _prepare(tmp_path / "other", tmp_path / "raw_other", work["train_pairs"], work["dev_pairs"], bpe_merges=60)
     with pytest.raises(TrainingError, match="--data: checkpoint"):

@@ -148,6 +148,16 @@ def write_json(path: Path, obj) -> dict:
 
 # ----------------------------------------------------------------------------- reading
 
+def data_content_sha256(meta: dict) -> str:
+    """sha256 of what a prepared data directory holds, from its meta.json: every data file's sha256
+    and those of source.json and target.json (the vocabularies and BPE). Unlike the sha256 of
+    meta.json itself it leaves out where the corpus was read from, so the same data prepared from a
+    moved or re-cloned corpus (other paths, other mtimes) has the same content sha256."""
+    content = {"files": meta.get("files"),
+               "splits": {name: split.get("files") for name, split in sorted(meta.get("splits", {}).items())}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def read_meta(directory: str | Path) -> dict:
     """meta.json of a data directory, with clear errors for a missing or foreign directory."""
     directory = Path(directory)

@@ -21,10 +21,10 @@ from typing import Callable, Iterable
 
 import torch
 
-from nmt.data.binarized import ParallelData, file_sha256, read_meta
+from nmt.data.binarized import ParallelData, data_content_sha256, file_sha256, read_meta
 from nmt.data.prepare import prepare_demo
 from nmt.cpu.inference_linear import cpu_has_bf16
-from nmt.errors import NmtError, TrainingError
+from nmt.errors import DataError, NmtError, TrainingError
 from nmt.files import exclusive_lock, remove_stale_temporaries, stage_dir
 from nmt.model.seq2seq import ModelSpec, Seq2Seq, build_model
 from nmt.text.pipeline import SourcePipeline, TargetPipeline
@@ -242,10 +242,17 @@ def check_resume(cfg: TrainConfig, path: Path, print_fn: Callable[[str], None]) 
 
 
 def same_data(recorded: str | None, data: str | None) -> bool:
-    """Whether the data directory ``data`` is the one a checkpoint recorded by the sha256 of its
-    meta.json (``data_sha256``; absent in checkpoints written before it was recorded)."""
+    """Whether the data directory ``data`` holds the data a checkpoint recorded (``data_sha256``: its
+    content sha256, nmt.data.binarized.data_content_sha256; in checkpoints of an earlier version the
+    sha256 of meta.json; absent before that)."""
     meta = Path(data) / "meta.json" if data is not None else None
-    return bool(recorded) and meta is not None and meta.is_file() and file_sha256(meta) == recorded
+    if not recorded or meta is None or not meta.is_file():
+        return False
+    try:
+        content = data_content_sha256(read_meta(data))
+    except DataError:
+        return False
+    return recorded in (content, file_sha256(meta))
 
 
 def init_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:

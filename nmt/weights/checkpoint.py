@@ -15,8 +15,8 @@ it loads with ``torch.load(weights_only=True)`` (no code is unpickled). Keys::
                     bert_sha256), "file_bytes", "parameters", "tensor_bytes" (the tensors left out)}
     source, target  SourcePipeline / TargetPipeline .to_dict() (the vocabularies, BPE codes)
     config          TrainConfig.to_dict()
-    data_sha256     sha256 of the training data's meta.json (which holds every data file's sha256): a
-                    --resume from a moved data directory is accepted when it matches (absent in older files)
+    data_sha256     the training data's content sha256 (every data file's sha256; earlier versions: of
+                    meta.json): a --resume from moved or re-prepared data is accepted when it matches
     optimizer       the optimizer's state dict (checkpoint_last.pt only, as "rng")
     schedule        {"peak_lr", "warmup_steps"}   (nmt/train/schedule.py: the LR is a function of "step")
     step            updates done; "epoch" (0-based, the epoch in progress) and "batch_in_epoch"
