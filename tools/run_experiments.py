@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         with stage_lock(cfg):
             trainer = setup(cfg, print_fn=print_fn)
             why = trainer.fit()
-        record = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step, "signal": trainer.stop_signal}
+        record, signum = {"stop": why, "epochs": trainer.epoch, "steps": trainer.step}, trainer.stop_signal
     except DivergedError as e:                  # a result of the study, not an input error
         record = {"stop": "diverged", "error": str(e)}
     finally:
@@ -259,7 +259,6 @@ def train(cfg: TrainConfig, run_dir: Path, print_fn) -> dict:
         seconds_path.write_text(f"{before + time.time() - t0:.1f}")
         trainer = None
         gc.collect()
-    signum = record.pop("signal", None)
     if record["stop"] == "interrupted":
         raise StopSignal(signum)            # the exit status names it: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     epochs = epoch_records(stage_out)

@@ -245,14 +245,13 @@ def same_data(recorded: str | None, data: str | None) -> bool:
     """Whether the data directory ``data`` holds the data a checkpoint recorded (``data_sha256``: its
     content sha256, nmt.data.binarized.data_content_sha256; in checkpoints of an earlier version the
     sha256 of meta.json; absent before that)."""
-    meta = Path(data) / "meta.json" if data is not None else None
-    if not recorded or meta is None or not meta.is_file():
+    if not recorded or data is None:
         return False
     try:
-        content = data_content_sha256(read_meta(data))
+        content = data_content_sha256(read_meta(data))     # a DataError: no prepared data there
     except DataError:
         return False
-    return recorded in (content, file_sha256(meta))
+    return recorded == content or recorded == file_sha256(Path(data) / "meta.json")
 
 
 def init_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:

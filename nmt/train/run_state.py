@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from nmt.data.binarized import data_content_sha256, read_meta
+from nmt.data.binarized import data_content_sha256
 from nmt.decode.lenpen_choice import parse_grid
 from nmt.errors import StopSignal, restore_signals, signal_name
 from nmt.files import atomic_write, fault_point
@@ -296,15 +296,12 @@ class RunState:
 
     # -- the state in checkpoint_last.pt
     _bert_reference: dict | None = None     # stage 1: the frozen BERT's path and sha256 (hashed once per run)
-    _data_sha256: str | None = None         # the training data's content sha256, once per run
 
     def data_sha256(self) -> str:
         """The training data's content sha256 (nmt.data.binarized.data_content_sha256: every data
-        file's sha256, as meta.json lists them): it names the data, so --resume can accept it moved or
-        prepared again from a moved corpus (nmt/train/assemble.py check_resume)."""
-        if self._data_sha256 is None:
-            self._data_sha256 = data_content_sha256(read_meta(self.train_data.directory))
-        return self._data_sha256
+        file's sha256, as the meta.json the data was loaded with lists them): it names the data, so
+        --resume can accept it moved or prepared again from a moved corpus (assemble.check_resume)."""
+        return data_content_sha256(self.train_data.meta)
 
     def frozen_bert(self) -> dict | None:
         """Stage 1 (BERT frozen): what its checkpoints record of the BERT instead of its weights -- the
